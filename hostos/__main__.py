@@ -1,0 +1,3 @@
+from hostos.cli import main
+
+raise SystemExit(main())
