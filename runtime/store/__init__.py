@@ -1,0 +1,1 @@
+"""Berth's records and content: SQLite (WAL) for images and containers, blobs on disk."""
