@@ -1,0 +1,1 @@
+"""The Docker-Engine-compatible HTTP API that berthd serves (see README.md)."""

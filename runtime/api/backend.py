@@ -1,0 +1,58 @@
+"""What the API routers reach: the daemon's facts and its services.
+
+The daemon builds one `Backend` and the app carries it under `BACKEND`.
+Services are optional so that the API can start before the engine and the
+image store exist (issue 2: _ping and version only); a router whose service
+is missing answers 501 with a clear message.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from runtime import __version__
+from runtime.api.errors import NotImplementedYet
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """Facts about this daemon, fixed at start."""
+
+    data_root: Path
+    exec_root: Path
+    version: str = __version__
+    hostname: str = field(default_factory=socket.gethostname)
+    kernel: str = field(default_factory=platform.release)
+    arch: str = field(default_factory=platform.machine)
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Backend:
+    info: DaemonInfo
+    # Typed as Any at this seam: each router narrows with its own Protocol,
+    # so the API does not import the engine's or the store's concrete classes.
+    containers: Any = None
+    images: Any = None
+    volumes: Any = None
+    events: Any = None
+
+    def need(self, name: str) -> Any:
+        service = getattr(self, name)
+        if service is None:
+            raise NotImplementedYet(f"{name} are not available in this berthd")
+        return service
+
+
+BACKEND: web.AppKey[Backend] = web.AppKey("berth.backend", Backend)
+
+
+def backend(request: web.Request) -> Backend:
+    return request.app[BACKEND]

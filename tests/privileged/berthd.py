@@ -1,0 +1,126 @@
+"""Start a real berthd for a test: temp data/exec roots, inside the test's netns.
+
+`start_berthd` runs the daemon under `nsenter --net=...` so its TCP listeners
+live in the test's namespace, waits until the unix socket answers `_ping`,
+and stops it by its PID (SIGTERM, then SIGKILL) on the way out.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.privileged.conftest import NetNS
+
+BERTHD = [sys.executable, "-m", "runtime.daemon"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float = 30) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.unix_path))
+        self.sock = sock
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def request(sock: Path, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> Response:
+    conn = UnixHTTPConnection(sock)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    finally:
+        conn.close()
+
+
+@dataclass
+class Berthd:
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    data_root: Path
+    exec_root: Path
+    log: Path
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+        return request(self.socket, method, path, body)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_for_ping(sock: Path, proc: subprocess.Popen[bytes], log: Path,
+                  timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"berthd exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if request(sock, "GET", "/_ping").body == b"OK":
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"berthd did not answer on {sock} within {timeout}s:\n{log.read_text()}")
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+@contextmanager
+def start_berthd(netns: NetNS, workdir: Path, *extra: str, env: dict[str, str] | None = None,
+                 prefix: Sequence[str] = (), wait: bool = True) -> Iterator[Berthd]:
+    data_root = workdir / "data"
+    exec_root = workdir / "exec"
+    sock = exec_root / "berthd.sock"
+    log = workdir / "berthd.log"
+    argv = netns.argv(*prefix, *BERTHD, "--data-root", str(data_root),
+                      "--exec-root", str(exec_root), "-H", f"unix://{sock}",
+                      "--log-level", "debug", *extra)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
+    daemon = Berthd(proc, sock, data_root, exec_root, log)
+    try:
+        if wait:
+            wait_for_ping(sock, proc, log)
+        yield daemon
+    finally:
+        stop(proc)
