@@ -17,7 +17,9 @@ from hostos import __version__
 from hostos.errors import HostosError
 
 # Modules that contribute verbs, in --help order.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "hostos.fleetlock.server",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
