@@ -1,0 +1,257 @@
+"""libc through ctypes: the only module that calls it (argtypes declared).
+
+Every failure becomes `OSError(errno, "<call> <object>: <strerror>")`, so a
+caller's message names what failed and why ("mount overlay on /x: EINVAL").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno as errno_mod
+import os
+import platform
+import stat
+from collections.abc import Iterable
+
+from runtime.sys.protocol import MountFlag, Namespace, Umount
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# clone(2) must run with the GIL held and bracketed by the interpreter's fork
+# hooks (what os.fork does), so it goes through a PyDLL handle.
+_pylibc = ctypes.PyDLL(None, use_errno=True)
+
+_ARCH = platform.machine()
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}[_ARCH]
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}[_ARCH]
+# The new mount API has one number on every architecture (asm-generic table).
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_AT_RECURSIVE = 0x8000
+_OPEN_TREE_CLONE = 1
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_IDMAP = 0x00100000
+
+PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                        ctypes.c_ulong, ctypes.c_char_p]
+_libc.mount.restype = ctypes.c_int
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.umount2.restype = ctypes.c_int
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.unshare.restype = ctypes.c_int
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.setns.restype = ctypes.c_int
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.sethostname.restype = ctypes.c_int
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
+_libc.prctl.restype = ctypes.c_int
+_libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_libc.capset.restype = ctypes.c_int
+_libc.syscall.restype = ctypes.c_long
+_pylibc.syscall.restype = ctypes.c_long
+_pylibc.syscall.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                            ctypes.c_ulong, ctypes.c_ulong]
+ctypes.pythonapi.PyOS_BeforeFork.argtypes = []
+ctypes.pythonapi.PyOS_BeforeFork.restype = None
+ctypes.pythonapi.PyOS_AfterFork_Parent.argtypes = []
+ctypes.pythonapi.PyOS_AfterFork_Parent.restype = None
+ctypes.pythonapi.PyOS_AfterFork_Child.argtypes = []
+ctypes.pythonapi.PyOS_AfterFork_Child.restype = None
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = ctypes.get_errno()
+        name = errno_mod.errorcode.get(err, str(err))
+        raise OSError(err, f"{what}: {name} ({os.strerror(err)})")
+    return rc
+
+
+def _syscall(nr: int, *args: int | bytes | None) -> int:
+    """syscall(2) with every argument widened to a C long (it is variadic)."""
+    conv: list[ctypes.c_long | ctypes.c_char_p] = [
+        ctypes.c_char_p(a) if isinstance(a, bytes) or a is None else ctypes.c_long(a)
+        for a in args
+    ]
+    return int(_libc.syscall(ctypes.c_long(nr), *conv))
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+class LibcSys:
+    """The real kernel, through libc."""
+
+    def mount(self, source: str, target: str, fstype: str | None,
+              flags: MountFlag, data: str | None = None) -> None:
+        kind = fstype or ("bind" if flags & MountFlag.BIND else "remount")
+        what = f"mount {kind} {source} on {target}"
+        _check(_libc.mount(_b(source), _b(target), _b(fstype), int(flags), _b(data)), what)
+
+    def umount(self, target: str, flags: Umount = Umount.NONE) -> None:
+        _check(_libc.umount2(_b(target), int(flags)), f"umount {target}")
+
+    def pivot_root(self, new_root: str, put_old: str) -> None:
+        _check(_syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), f"pivot_root {new_root}")
+
+    def chdir(self, path: str) -> None:
+        os.chdir(path)
+
+    def makedirs(self, path: str, mode: int = 0o755) -> None:
+        os.makedirs(path, mode=mode, exist_ok=True)
+
+    def touch(self, path: str) -> None:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+    def symlink(self, target: str, link: str) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.symlink(target, link)
+
+    def path_kind(self, path: str) -> str | None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        return "dir" if stat.S_ISDIR(st.st_mode) else "file"
+
+    def mount_flags(self, path: str) -> MountFlag:
+        st = os.statvfs(path)
+        flags = MountFlag.NONE
+        for st_flag, flag in ((os.ST_RDONLY, MountFlag.RDONLY), (os.ST_NOSUID, MountFlag.NOSUID),
+                              (os.ST_NODEV, MountFlag.NODEV), (os.ST_NOEXEC, MountFlag.NOEXEC)):
+            if st.f_flag & st_flag:
+                flags |= flag
+        return flags
+
+    def idmapped_bind(self, source: str, target: str, userns_fd: int) -> None:
+        fd = _check(_syscall(_SYS_OPEN_TREE, _AT_FDCWD, _b(source),
+                             _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE),
+                    f"open_tree {source}")
+        try:
+            attr = _MountAttr(attr_set=_MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+            _check(_syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH,
+                            ctypes.addressof(attr), ctypes.sizeof(attr)),
+                   f"mount_setattr idmap {source}")
+            _check(_syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, _b(target),
+                            _MOVE_MOUNT_F_EMPTY_PATH),
+                   f"move_mount {source} to {target}")
+        finally:
+            os.close(fd)
+
+    def unshare(self, flags: Namespace) -> None:
+        _check(_libc.unshare(int(flags)), f"unshare {flags!r}")
+
+    def setns(self, fd: int, nstype: Namespace) -> None:
+        _check(_libc.setns(fd, int(nstype)), f"setns {nstype!r}")
+
+    def sethostname(self, name: str) -> None:
+        raw = name.encode()
+        _check(_libc.sethostname(raw, len(raw)), f"sethostname {name}")
+
+
+def clone(flags: Namespace) -> int:
+    """fork(2) into new namespaces: returns the child's pid, or 0 in the child.
+
+    Like os.fork, but the child is created directly in the new namespaces, so
+    with Namespace.PID it is PID 1 there and still our child (no intermediate).
+    """
+    sigchld = 17
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _pylibc.syscall(_SYS_CLONE, int(flags) | sigchld, 0, 0, 0, 0)
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone {flags!r}: {errno_mod.errorcode.get(err, err)} "
+                           f"({os.strerror(err)})")
+    return int(pid)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> None:
+    _check(_libc.prctl(option, arg2, arg3, 0, 0), what)
+
+
+def set_child_subreaper() -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, 1, what="prctl PR_SET_CHILD_SUBREAPER")
+
+
+def set_no_new_privs() -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1, what="prctl PR_SET_NO_NEW_PRIVS")
+
+
+def set_pdeathsig(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, sig, what="prctl PR_SET_PDEATHSIG")
+
+
+def last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def drop_bounding(keep: Iterable[int]) -> None:
+    """Drop every capability not in keep from the bounding set; clear ambient."""
+    kept = set(keep)
+    for cap in range(last_cap() + 1):
+        if cap not in kept:
+            prctl(PR_CAPBSET_DROP, cap, what=f"prctl PR_CAPBSET_DROP {cap}")
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="prctl PR_CAP_AMBIENT_CLEAR_ALL")
+
+
+def capset(effective: Iterable[int], permitted: Iterable[int], inheritable: Iterable[int]) -> None:
+    def words(caps: Iterable[int]) -> tuple[int, int]:
+        mask = 0
+        for c in caps:
+            mask |= 1 << c
+        return mask & 0xFFFFFFFF, mask >> 32
+
+    hdr = _CapHeader(version=_LINUX_CAPABILITY_VERSION_3, pid=0)
+    data = (_CapData * 2)()
+    e, p, i = words(effective), words(permitted), words(inheritable)
+    for n in range(2):
+        data[n].effective, data[n].permitted, data[n].inheritable = e[n], p[n], i[n]
+    _check(_libc.capset(ctypes.byref(hdr), ctypes.byref(data)), "capset")
+
+
+def load_seccomp_bpf(program: bytes) -> None:
+    """Install a compiled classic-BPF seccomp filter (needs no_new_privs or CAP_SYS_ADMIN)."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len=len(program) // 8, filter=ctypes.cast(buf, ctypes.c_char_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
+                       ctypes.cast(ctypes.pointer(prog), ctypes.c_void_p).value or 0, 0, 0),
+           "prctl PR_SET_SECCOMP")
