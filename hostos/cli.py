@@ -19,6 +19,7 @@ from hostos.errors import HostosError
 # Modules that contribute verbs, in --help order.
 COMMAND_MODULES: list[str] = [
     "hostos.fleetlock.server",
+    "hostos.fleet",
 ]
 
 

@@ -18,8 +18,8 @@ import pytest
 from hostos.etcd import EtcdClient, EtcdServer, start_etcd
 from hostos.fleetlock.client import FleetLockClient, LockResult
 from hostos.fleetlock.semaphore import (
-    AuditOp,
     AuditEntry,
+    AuditOp,
     FleetSemaphore,
     GroupConfig,
     max_concurrent_holders,
