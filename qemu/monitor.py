@@ -1,0 +1,116 @@
+"""QMP (PyPI's qemu.qmp) on its own event-loop thread.
+
+The thread keeps reading while the caller blocks elsewhere (waiting on the
+console, running a guest command), so RESET and SHUTDOWN events are seen
+when they happen, and the harness never shares an event loop with the code
+under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Coroutine, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qemu.qmp import QMPClient
+from qemu.qmp.error import QMPError
+from qemu.qmp.protocol import ConnectError
+
+log = logging.getLogger("berth.qemu")
+
+T = TypeVar("T")
+
+
+class MonitorError(Exception):
+    """QMP failed; the message names the socket or command and the cause."""
+
+
+class Monitor:
+    def __init__(self, socket_path: Path, name: str = "berth") -> None:
+        self._path = socket_path
+        self._name = name
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"qmp-{name}", daemon=True
+        )
+        self._thread.start()
+        self._client: QMPClient | None = None
+        self._events: list[Mapping[str, Any]] = []
+        self._cond = threading.Condition()
+        self._watcher: Future[None] | None = None
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def connect(self, timeout: float = 30.0) -> None:
+        """Connect once QEMU has created the socket; retries until `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._client = self._call(self._connect(), timeout)
+                break
+            except (ConnectError, OSError) as e:
+                if time.monotonic() > deadline:
+                    raise MonitorError(f"QMP {self._path}: cannot connect: {e}") from e
+                time.sleep(0.1)
+        self._watcher = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
+
+    async def _connect(self) -> QMPClient:
+        client = QMPClient(self._name)
+        await client.connect(str(self._path))
+        return client
+
+    async def _watch(self) -> None:
+        assert self._client is not None
+        async for event in self._client.events:
+            log.debug("qmp event: %s", event.get("event"))
+            with self._cond:
+                self._events.append(dict(event))
+                self._cond.notify_all()
+
+    def execute(self, cmd: str, args: Mapping[str, object] | None = None,
+                timeout: float = 30.0) -> object:
+        if self._client is None:
+            raise MonitorError(f"QMP {self._path}: not connected (for {cmd})")
+        try:
+            return self._call(self._client.execute(cmd, args), timeout)
+        except (QMPError, OSError, EOFError, TimeoutError) as e:
+            raise MonitorError(f"QMP {cmd}: {e!r}") from e
+
+    def human(self, command_line: str) -> str:
+        out = self.execute("human-monitor-command", {"command-line": command_line})
+        return str(out)
+
+    def event_count(self, name: str) -> int:
+        with self._cond:
+            return sum(1 for e in self._events if e.get("event") == name)
+
+    def wait_event(self, name: str, after: int, timeout: float) -> Mapping[str, Any] | None:
+        """The (after+1)-th event called `name`, or None when `timeout` passes."""
+        with self._cond:
+            def nth() -> Mapping[str, Any] | None:
+                seen = [e for e in self._events if e.get("event") == name]
+                return seen[after] if len(seen) > after else None
+            found = self._cond.wait_for(lambda: nth() is not None, timeout)
+            return nth() if found else None
+
+    def close(self) -> None:
+        client = self._client
+        self._client = None
+        if client is not None:
+            # QEMU may already be gone (quit, guest power-off): best effort.
+            try:
+                self._call(client.disconnect(), 10)
+            except Exception as e:
+                log.debug("qmp disconnect: %r", e)
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()

@@ -1,0 +1,173 @@
+"""Commands in the guest through a root shell on its second serial port.
+
+The harness boots with `systemd.debug_shell=ttyS1`, so systemd's own
+debug-shell.service puts bash on ttyS1, which QEMU connects to a unix
+socket. Nothing in the image enables it: without that kernel argument the
+port is silent. (The hypervisor that sets kernel arguments owns the guest
+anyway.)
+
+Each command goes over as base64 and runs in a child `bash -c` with stdin
+from /dev/null; its combined output comes back base64-encoded between two
+markers, followed by its exit status. The markers are printed as two
+printf arguments, so the echo of the command line never matches them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# The tty reads lines of at most 4095 bytes in canonical mode: longer
+# commands are staged in a file in chunks.
+CHUNK = 3000
+PROBE_INTERVAL = 3.0
+
+
+class ShellError(Exception):
+    pass
+
+
+class GuestCommandTimeout(ShellError):
+    def __init__(self, cmd: str, timeout: float) -> None:
+        self.cmd = cmd
+        super().__init__(f"guest command {cmd!r} did not finish within {timeout:.0f} s")
+
+
+class GuestShell:
+    def __init__(self, socket_path: Path, exit_status: Callable[[], int | None]) -> None:
+        self._path = socket_path
+        self._exit_status = exit_status
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._ready = False
+        self._reader: threading.Thread | None = None
+
+    def connect(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(self._path))
+                break
+            except OSError as e:
+                s.close()
+                if time.monotonic() > deadline:
+                    raise ShellError(f"test shell {self._path}: cannot connect: {e}") from e
+                time.sleep(0.1)
+        self._sock = s
+        self._reader = threading.Thread(target=self._read, name="guest-shell", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except OSError:
+                data = b""
+            with self._cond:
+                if not data:
+                    self._closed = True
+                else:
+                    self._buf += data
+                self._cond.notify_all()
+            if not data:
+                return
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+        if self._reader is not None:
+            self._reader.join(5)
+
+    def forget(self) -> None:
+        """The guest rebooted: its shell is a new one, to be probed again."""
+        self._ready = False
+
+    def _send(self, data: bytes) -> None:
+        if self._sock is None:
+            raise ShellError("test shell is not connected")
+        self._sock.sendall(data)
+
+    def _wait(self, regex: re.Pattern[bytes], timeout: float) -> re.Match[bytes] | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                m = regex.search(self._buf)
+                if m:
+                    del self._buf[: m.end()]
+                    return m
+                status = self._exit_status()
+                if status is not None or self._closed:
+                    raise ShellError(f"QEMU exited (status {status}) during a guest command")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(min(left, 1.0))
+
+    def wait_ready(self, timeout: float) -> None:
+        """Probe until a shell of the booted system (not the initrd's) answers."""
+        if self._ready:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            tok = secrets.token_hex(8)
+            # ^C first: abandons a half-read line (ours, garbled while the
+            # port was not yet open) or a command left running by a timeout.
+            self._send(b"\x03")
+            time.sleep(0.2)
+            self._send(
+                b"stty -echo -onlcr 2>/dev/null; set +o emacs +o vi; PS1= PS2=; "
+                b"test -e /etc/initrd-release && printf %s%s\\\\n I " + tok.encode()
+                + b" || printf %s%s\\\\n R " + tok.encode() + b"\n"
+            )
+            m = self._wait(re.compile(rb"([IR])" + tok.encode()), PROBE_INTERVAL)
+            if m and m.group(1) == b"R":
+                self._ready = True
+                return
+            if m:  # the initrd's shell; the real one starts after switch-root
+                time.sleep(1.0)
+        raise ShellError(
+            f"no test shell answered on ttyS1 within {timeout:.0f} s "
+            "(booted with systemd.debug_shell=ttyS1? is debug-shell.service in the image?)"
+        )
+
+    def run(self, cmd: str, timeout: float = 60.0) -> tuple[int, str]:
+        """Run `cmd` with bash in the guest; returns (exit status, stdout+stderr)."""
+        self.wait_ready(max(timeout, 60.0))
+        tok = secrets.token_hex(8).encode()
+        payload = base64.b64encode(cmd.encode())
+        staged = b"/run/.harness-" + tok
+        if len(payload) > CHUNK:
+            for i in range(0, len(payload), CHUNK):
+                self._send(b"printf %s " + payload[i:i + CHUNK] + b" >> " + staged + b"\n")
+            source = b"base64 -d " + staged + b"; rm -f " + staged
+        else:
+            source = b"printf %s " + payload + b" | base64 -d"
+        self._send(
+            b"stty -echo -onlcr 2>/dev/null; printf %s%s\\\\n B " + tok
+            + b'; bash -c "$(' + source + b')" </dev/null 2>&1 | base64 -w0; '
+            + b"printf \\\\n%s%s:%s\\\\n E " + tok + b" ${PIPESTATUS[0]}\n"
+        )
+        regex = re.compile(b"B" + tok + rb"\r?\n(.*?)\r?\nE" + tok + rb":(\d+)\r?\n", re.DOTALL)
+        m = self._wait(regex, timeout)
+        if m is None:
+            self._send(b"\x03")
+            raise GuestCommandTimeout(cmd, timeout)
+        try:
+            output = base64.b64decode(re.sub(rb"\s", b"", m.group(1)), validate=True)
+        except binascii.Error as e:
+            raise ShellError(f"guest command {cmd!r}: garbled output: {e}") from e
+        return int(m.group(2)), output.decode("utf-8", errors="replace")
