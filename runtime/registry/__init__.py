@@ -1,0 +1,1 @@
+"""OCI distribution client: references, auth, pull, push (see README.md)."""

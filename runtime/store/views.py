@@ -1,0 +1,99 @@
+"""Docker Engine API shapes of image records: /images/json, inspect, history."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from runtime.oci import chain_id
+from runtime.store.images import ImageRecord, ImageStore, familiar
+
+
+def _unix(created: str) -> int:
+    if not created:
+        return 0
+    try:
+        # Python 3.11's fromisoformat takes at most microseconds and no 'Z'.
+        head = created.rstrip("Z").partition(".")[0]
+        stamp = dt.datetime.fromisoformat(head.split("+")[0]).replace(tzinfo=dt.UTC)
+        return int(stamp.timestamp())
+    except ValueError:
+        return 0
+
+
+def summary(store: ImageStore, rec: ImageRecord) -> dict[str, Any]:
+    """One entry of GET /images/json."""
+    labels = dict(store.image_config(rec.id).labels)
+    return {
+        "Id": rec.id,
+        "ParentId": rec.parent,
+        "RepoTags": [familiar(t) for t in rec.tags],
+        "RepoDigests": [familiar(d) for d in rec.repo_digests],
+        "Created": _unix(rec.created),
+        "Size": rec.size,
+        "SharedSize": -1,
+        "VirtualSize": rec.size,
+        "Labels": labels or None,
+        "Containers": len(store.users.containers_using(rec.id)),
+    }
+
+
+def inspect(store: ImageStore, rec: ImageRecord) -> dict[str, Any]:
+    """GET /images/{name}/json."""
+    doc = store.config_doc(rec.id)
+    dirs = [str(store.layers.path(d)) for d in rec.diff_ids]
+    return {
+        "Id": rec.id,
+        "RepoTags": [familiar(t) for t in rec.tags],
+        "RepoDigests": [familiar(d) for d in rec.repo_digests],
+        "Parent": rec.parent,
+        "Comment": doc.get("comment", ""),
+        "Created": rec.created,
+        "DockerVersion": doc.get("docker_version", ""),
+        "Author": doc.get("author", ""),
+        "Config": doc.get("config") or {},
+        "Architecture": doc.get("architecture", ""),
+        "Variant": doc.get("variant", ""),
+        "Os": doc.get("os", ""),
+        "Size": rec.size,
+        "VirtualSize": rec.size,
+        "GraphDriver": {"Name": "overlay", "Data": {
+            "LowerDir": ":".join(reversed(dirs)),
+            "ChainID": chain_id(rec.diff_ids) if rec.diff_ids else "",
+        }},
+        "RootFS": {"Type": "layers", "Layers": list(rec.diff_ids)},
+        "Metadata": {"LastTagTime": dt.datetime.fromtimestamp(
+            rec.last_tag_time, dt.UTC).isoformat() if rec.last_tag_time else
+            "0001-01-01T00:00:00Z"},
+        "Descriptor": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": rec.manifest_digest,
+                       "size": store.blobs.size(rec.manifest_digest)},
+    }
+
+
+def history(store: ImageStore, rec: ImageRecord) -> list[dict[str, Any]]:
+    """GET /images/{name}/history: newest first, one entry per history item."""
+    doc = store.config_doc(rec.id)
+    hist = doc.get("history") or [{"created": rec.created, "created_by": ""}
+                                  for _ in rec.diff_ids]
+    sizes = [_layer_size(store, d) for d in rec.diff_ids]
+    out = []
+    layer = 0
+    for h in hist:
+        size = 0
+        if not h.get("empty_layer") and layer < len(sizes):
+            size = sizes[layer]
+            layer += 1
+        out.append({"Id": "<missing>", "Created": _unix(str(h.get("created") or "")),
+                    "CreatedBy": h.get("created_by", ""), "Tags": None, "Size": size,
+                    "Comment": h.get("comment", "")})
+    out.reverse()
+    if out:
+        out[0]["Id"] = rec.id
+        out[0]["Tags"] = [familiar(t) for t in rec.tags] or None
+    return out
+
+
+def _layer_size(store: ImageStore, diff_id: str) -> int:
+    row = store.conn.execute("SELECT size FROM layers WHERE diff_id=?", (diff_id,)).fetchone()
+    return int(row[0]) if row else 0

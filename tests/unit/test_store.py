@@ -1,0 +1,209 @@
+"""The image store: records, tags, resolve, rmi/prune semantics, archives."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from runtime.oci import ImageNotFound
+from runtime.store import views
+from runtime.store.archive import ArchiveError, apply_changes, import_rootfs, load, save
+from runtime.store.blobs import DigestMismatch
+from runtime.store.commit import commit_layer, create_image
+from runtime.store.images import ImageConflict, ImageFilters, ImageStore
+
+
+def rootfs_tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode = len(data), 0o755
+            t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class Users:
+    def __init__(self) -> None:
+        self.using: dict[str, list[str]] = {}
+
+    def containers_using(self, image_id: str) -> Sequence[str]:
+        return self.using.get(image_id, [])
+
+
+@pytest.fixture
+def users() -> Users:
+    return Users()
+
+
+@pytest.fixture
+def store(tmp_path: Path, users: Users) -> ImageStore:
+    return ImageStore(tmp_path / "root", users=users)
+
+
+def imported(store: ImageStore, tag: str | None = "app:1", content: bytes = b"v1") -> str:
+    data = rootfs_tar({"bin/app": content})
+    return import_rootfs(store, io.BytesIO(data), tag=tag,
+                         changes=['CMD ["/bin/app"]', "ENV A=1", "LABEL team=core"]).id
+
+
+def test_import_then_resolve_by_every_name(store: ImageStore) -> None:
+    iid = imported(store)
+    for ref in ("app:1", "docker.io/library/app:1", iid, iid[7:], iid[7:19]):
+        r = store.resolve(ref)
+        assert r.id == iid
+        assert r.config.cmd == ("/bin/app",)
+        assert r.config.env == ("A=1",)
+        assert (r.layer_dirs[0] / "bin/app").read_bytes() == b"v1"
+    digest = store.get(iid).manifest_digest
+    assert store.resolve(f"app@{digest}").id == iid
+    for bad in ("app:2", "nothing", "sha256:" + "0" * 64, "0000"):
+        with pytest.raises(ImageNotFound):
+            store.resolve(bad)
+
+
+def test_tag_moves_atomically_and_old_image_dangles(store: ImageStore) -> None:
+    a = imported(store, "app:1", b"one")
+    b = imported(store, "app:1", b"two")
+    assert store.resolve("app:1").id == b
+    assert store.get(a).dangling
+    assert [r.id for r in store.list_images(ImageFilters(dangling=True))] == [a]
+
+
+def test_shared_layer_unpacked_once(store: ImageStore) -> None:
+    a = imported(store, "a:1")
+    b = store.tag(a, "b:1")
+    assert b == "docker.io/library/b:1"
+    assert len(list(store.layers.dir.iterdir())) == 1
+
+
+def test_rmi_by_tag_untags_then_deletes_last(store: ImageStore) -> None:
+    iid = imported(store, "app:1")
+    store.tag("app:1", "app:2")
+    assert store.remove("app:1") == [{"Untagged": "app:1"}]
+    out = store.remove("app:2")
+    assert out == [{"Untagged": "app:2"}, {"Deleted": iid}]
+    assert store.list_images() == []
+    assert list(store.layers.dir.iterdir()) == []
+    assert list(store.blobs) == []
+
+
+def test_rmi_by_id_with_two_repos_needs_force(store: ImageStore) -> None:
+    iid = imported(store, "app:1")
+    store.tag(iid, "other:1")
+    with pytest.raises(ImageConflict, match="must be forced"):
+        store.remove(iid)
+    assert store.resolve("other:1").id == iid
+    assert {"Deleted": iid} in store.remove(iid, force=True)
+
+
+def test_image_used_by_a_container_is_never_deleted(store: ImageStore, users: Users) -> None:
+    iid = imported(store, "app:1")
+    users.using[iid] = ["c0ffee" * 10]
+    with pytest.raises(ImageConflict, match="being used by container c0ffeec0ffee"):
+        store.remove(iid)
+    assert store.remove(iid, force=True) == [{"Untagged": "app:1"}]
+    assert store.resolve(iid).layer_dirs[0].is_dir()
+    assert store.prune()["ImagesDeleted"] is None
+    users.using.clear()
+    assert store.prune()["ImagesDeleted"] == [{"Deleted": iid}]
+
+
+def test_prune_all_and_label_filter(store: ImageStore) -> None:
+    imported(store, "keep:1", b"k")
+    imported(store, None, b"dangling")
+    result = store.prune()
+    assert len(result["ImagesDeleted"]) == 1
+    assert [views.summary(store, r)["RepoTags"] for r in store.list_images()] == [["keep:1"]]
+    assert store.list_images(ImageFilters(labels=("team=core",)))
+    assert not store.list_images(ImageFilters(labels=("team=web",)))
+    assert store.list_images(ImageFilters(reference=("keep",)))
+    store.prune(all_images=True)
+    assert store.list_images() == []
+
+
+def test_save_load_round_trip(store: ImageStore, tmp_path: Path) -> None:
+    iid = imported(store, "app:1")
+    out = tmp_path / "img.tar"
+    with out.open("wb") as f:
+        save(store, ["app:1"], f)
+    with tarfile.open(out) as t:
+        names = set(t.getnames())
+        docker = json.load(t.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert {"oci-layout", "index.json", "manifest.json"} <= names
+    assert docker[0]["RepoTags"] == ["app:1"]
+    fresh = ImageStore(tmp_path / "other")
+    loaded = load(fresh, out)
+    assert [(x.image.id, x.tags) for x in loaded] == [(iid, ("docker.io/library/app:1",))]
+    assert fresh.resolve("app:1").config.cmd == ("/bin/app",)
+
+
+def test_load_of_a_lying_archive_stores_nothing(store: ImageStore, tmp_path: Path) -> None:
+    imported(store, "app:1")
+    good = tmp_path / "good.tar"
+    with good.open("wb") as f:
+        save(store, ["app:1"], f)
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(good) as src, tarfile.open(bad, "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read()  # type: ignore[union-attr]
+            if m.size > 1000:  # the layer blob: same size, other bytes
+                data = bytes(reversed(data))
+            dst.addfile(m, io.BytesIO(data))
+    docker_only = tmp_path / "docker.tar"
+    with tarfile.open(bad) as src, tarfile.open(docker_only, "w") as dst:
+        for m in src.getmembers():
+            if m.name != "index.json":
+                dst.addfile(m, src.extractfile(m))
+    fresh = ImageStore(tmp_path / "fresh")
+    # As an OCI layout (index.json only), the blob's name is checked.
+    oci_only = tmp_path / "oci.tar"
+    with tarfile.open(bad) as src, tarfile.open(oci_only, "w") as dst:
+        for m in src.getmembers():
+            if m.name != "manifest.json":
+                dst.addfile(m, src.extractfile(m))
+    with pytest.raises(DigestMismatch):
+        load(fresh, oci_only)
+    # As a docker-archive the layer is hashed and checked against the config's DiffID.
+    with pytest.raises(ValueError, match=r"diff id|tar"):
+        load(fresh, docker_only)
+    assert fresh.list_images() == []
+    assert list(fresh.layers.dir.iterdir()) == []
+    with pytest.raises(ArchiveError, match="neither"):
+        load(fresh, io.BytesIO(rootfs_tar({"x": b"1"})))  # type: ignore[arg-type]
+
+
+def test_commit_layer_round_trips_whiteouts_and_history(store: ImageStore,
+                                                        tmp_path: Path) -> None:
+    base = imported(store, "base:1")
+    upper = tmp_path / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/conf").write_text("c")
+    layer = commit_layer(store, upper)
+    rec = create_image(store, base=base, layers=[layer], tags=["child:1"])
+    r = store.resolve("child:1")
+    assert len(r.layer_dirs) == 2 and (r.layer_dirs[1] / "etc/conf").read_text() == "c"
+    assert r.config.cmd == ("/bin/app",)
+    hist = views.history(store, rec)
+    assert hist[0]["Id"] == rec.id and len(hist) == 2
+    doc = views.inspect(store, rec)
+    assert doc["RootFS"]["Layers"] == list(rec.diff_ids)
+    assert doc["RepoTags"] == ["child:1"] and doc["Config"]["Cmd"] == ["/bin/app"]
+    # the same tree commits to the same layer
+    assert commit_layer(store, upper).diff_id == layer.diff_id
+
+
+def test_apply_changes() -> None:
+    cfg = apply_changes({}, ["CMD echo hi", "ENTRYPOINT [\"/init\"]", "EXPOSE 80",
+                             "ENV A=1 B=2", "WORKDIR /srv", "USER 1000", "VOLUME /data"])
+    assert cfg["Cmd"] == ["/bin/sh", "-c", "echo hi"] and cfg["Entrypoint"] == ["/init"]
+    assert cfg["ExposedPorts"] == {"80/tcp": {}} and cfg["Env"] == ["A=1", "B=2"]
+    assert cfg["WorkingDir"] == "/srv" and cfg["User"] == "1000"
+    assert cfg["Volumes"] == {"/data": {}}
+    with pytest.raises(ValueError, match="RUN is not one of"):
+        apply_changes({}, ["RUN rm -rf /"])
