@@ -1,0 +1,218 @@
+"""The kernel side of networking, through pyroute2 (the only module that imports it).
+
+The "host" is the network namespace berthd runs in; tests run the provider
+in-process with `host_netns` set to a namespace they created, so nothing here
+ever touches the machine's root namespace by accident: every socket, sysctl
+and netlink request for the host side is made inside `host_netns` when given.
+
+Namespace changes are made in a short-lived thread (setns(2) moves only the
+calling thread), which opens its socket and exits: the caller's thread never
+switches namespace, and a socket keeps the namespace it was opened in.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute  # the one place in Berth that imports pyroute2
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netns import setns
+
+from runtime.net.model import NetError
+
+T = TypeVar("T")
+
+HOST_IF_PREFIX = "vb"
+"""Host ends of container veths: `vb` + 11 hex (IFNAMSIZ allows 15 characters)."""
+USER_BRIDGE_PREFIX = "br-"
+
+
+class NetlinkFailed(NetError):
+    def __init__(self, what: str, cause: BaseException) -> None:
+        self.what = what
+        self.cause = cause
+        super().__init__(f"{what}: {cause}")
+
+
+def in_netns(netns: Path | None, fn: Callable[[], T]) -> T:
+    """Run fn inside netns (a bind-mounted namespace file), or here if netns is None."""
+    if netns is None:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd)
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller's thread below
+            box["error"] = e
+
+    t = threading.Thread(target=work, name=f"netns:{netns.name}")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _ignore(codes: tuple[int, ...], fn: Callable[[], object]) -> bool:
+    """Run fn; True if it did something, False if the kernel said it was already done."""
+    try:
+        fn()
+        return True
+    except NetlinkError as e:
+        if e.code in codes:
+            return False
+        raise
+
+
+def write_sysctl(netns: Path | None, key: str, value: str) -> None:
+    """Per-namespace sysctls (net.*) resolve in the namespace of the opening thread."""
+    path = "/proc/sys/" + key.replace(".", "/")
+
+    def write() -> None:
+        with open(path, "w") as f:
+            f.write(value)
+
+    try:
+        in_netns(netns, write)
+    except OSError as e:
+        raise NetlinkFailed(f"sysctl {key}={value}", e) from e
+
+
+def bound_socket(netns: Path | None, kind: socket.SocketKind, address: str,
+                 port: int) -> socket.socket:
+    """A socket bound in netns: the DNS responder's, or a probe for a free host port."""
+
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((address, port))
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    return in_netns(netns, make)
+
+
+class Netlink:
+    """Bridges and veths on the host side, addresses and routes inside containers."""
+
+    def __init__(self, host_netns: Path | None = None) -> None:
+        self.host_netns = host_netns
+        self._lock = threading.Lock()
+        self._ipr: IPRoute | None = None
+
+    # pyroute2's IPRoute is untyped: keep Any from leaking past this class.
+    def _host(self) -> Any:
+        if self._ipr is None:
+            self._ipr = in_netns(self.host_netns, IPRoute)
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def _index(self, ifname: str) -> int | None:
+        found = self._host().link_lookup(ifname=ifname)
+        return int(found[0]) if found else None
+
+    def link_names(self) -> list[str]:
+        with self._lock:
+            return [str(m.get_attr("IFLA_IFNAME")) for m in self._host().get_links()]
+
+    def ensure_bridge(self, name: str, gateway: str, prefixlen: int, mac: str) -> None:
+        """Create the bridge if missing; give it its gateway address, a fixed MAC and
+        route_localnet (for DNAT of 127.0.0.1 to a container); bring it up."""
+        with self._lock:
+            ipr = self._host()
+            try:
+                idx = self._index(name)
+                if idx is None:
+                    ipr.link("add", ifname=name, kind="bridge", address=mac)
+                    idx = self._index(name)
+                    assert idx is not None
+                have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
+                if gateway not in have:
+                    ipr.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
+                ipr.link("set", index=idx, state="up")
+            except NetlinkError as e:
+                raise NetlinkFailed(f"create bridge {name} ({gateway}/{prefixlen})", e) from e
+        write_sysctl(self.host_netns, f"net.ipv4.conf.{name}.route_localnet", "1")
+
+    def delete_link(self, name: str) -> bool:
+        """Delete a link (a bridge, or a veth and with it its peer); False if absent."""
+        with self._lock:
+            ipr = self._host()
+            try:
+                idx = self._index(name)
+                if idx is None:
+                    return False
+                return _ignore((errno.ENODEV,), lambda: ipr.link("del", index=idx))
+            except NetlinkError as e:
+                raise NetlinkFailed(f"delete link {name}", e) from e
+
+    def routes(self) -> list[str]:
+        """Destinations of the host's IPv4 routes (to keep new subnets clear of them)."""
+        with self._lock:
+            out = []
+            for r in self._host().get_routes(family=2):
+                dst = r.get_attr("RTA_DST")
+                if dst and r["dst_len"]:
+                    out.append(str(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False)))
+            return out
+
+    def attach(self, *, bridge: str, host_ifname: str, netns: Path, ifname: str, mac: str,
+               address: str, prefixlen: int, gateway: str | None) -> None:
+        """A veth pair: host end in the bridge, peer as `ifname` in the container's
+        namespace with its address, up, and (if gateway) the default route.
+
+        The pair is created with its peer already in the container's namespace,
+        in the bridge and up, in one netlink request; the container side then
+        takes three more (address, up, route) on a socket opened in its namespace.
+        """
+        with self._lock:
+            ipr = self._host()
+            br = self._index(bridge)
+            if br is None:
+                raise NetError(f"bridge {bridge} is missing (restart berthd to reconcile)")
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                ipr.link("add", ifname=host_ifname, kind="veth", master=br, state="up",
+                         peer={"ifname": ifname, "net_ns_fd": fd, "address": mac})
+            except NetlinkError as e:
+                raise NetlinkFailed(f"create veth {host_ifname} into {netns}", e) from e
+            finally:
+                os.close(fd)
+
+        def configure() -> None:
+            with IPRoute() as cipr:
+                (idx,) = cipr.link_lookup(ifname=ifname)
+                cipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+                cipr.link("set", index=idx, state="up")
+                lo = cipr.link_lookup(ifname="lo")
+                if lo:
+                    cipr.link("set", index=lo[0], state="up")
+                if gateway:
+                    cipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+        try:
+            in_netns(netns, configure)
+        except (NetlinkError, OSError, ValueError) as e:
+            self.delete_link(host_ifname)
+            raise NetlinkFailed(f"configure {ifname} ({address}) in {netns}", e) from e
