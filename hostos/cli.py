@@ -20,6 +20,7 @@ from hostos.errors import HostosError
 COMMAND_MODULES: list[str] = [
     "hostos.fleetlock.server",
     "hostos.fleet",
+    "hostos.provision",
     "hostos.vm",
 ]
 
