@@ -16,6 +16,7 @@ Two phases (see runtime/container/README.md for why):
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -200,7 +201,10 @@ def host_teardown(spec: RootfsSpec) -> list[str]:
 def container_plan(spec: RootfsSpec) -> list[Step]:
     """Steps for the container's child, in its own mount namespace."""
     r = spec.rootfs
-    steps: list[Step] = [Mount("none", "/", None, MountFlag.REC | MountFlag.PRIVATE)]
+    steps: list[Step] = [Mount("none", "/", None, MountFlag.REC | MountFlag.PRIVATE),
+                         # Mounts copied into a namespace owned by our userns are locked
+                         # and pivot_root refuses a locked new root: bind it afresh.
+                         Mount(r, r, None, MountFlag.BIND | MountFlag.REC)]
     steps += [Mkdir(_in(r, "proc")),
               Mount("proc", _in(r, "proc"), "proc", _NOSUID_NODEV_NOEXEC)]
     dev = _in(r, "dev")
@@ -297,8 +301,18 @@ def _apply_one(step: Step, sys: Sys, userns_fd: int) -> None:
             # pivot_root(".", "."): the old root ends up stacked under the new
             # one and is detached right away (as runc does); no put_old dir needed.
             sys.chdir(root)
-            sys.pivot_root(".", ".")
-            sys.umount(".", Umount.DETACH)
+            try:
+                sys.pivot_root(".", ".")
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                # The host's / sits on the initramfs (switch_root): pivot_root
+                # refuses, so move the rootfs over / and chroot, as runc's
+                # --no-pivot does. The old root stays covered, unreachable.
+                sys.mount(root, "/", None, MountFlag.MOVE)
+                sys.chroot(".")
+            else:
+                sys.umount(".", Umount.DETACH)
             sys.chdir("/")
 
 

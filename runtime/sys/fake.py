@@ -43,6 +43,9 @@ class RecordingSys:
     def chdir(self, path: str) -> None:
         self._record("chdir", path)
 
+    def chroot(self, path: str) -> None:
+        self._record("chroot", path)
+
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         self._record("makedirs", path, mode)
 

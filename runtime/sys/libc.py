@@ -131,6 +131,9 @@ class LibcSys:
     def chdir(self, path: str) -> None:
         os.chdir(path)
 
+    def chroot(self, path: str) -> None:
+        os.chroot(path)
+
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         os.makedirs(path, mode=mode, exist_ok=True)
 

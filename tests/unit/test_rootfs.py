@@ -106,7 +106,7 @@ def test_dev_is_a_tmpfs_with_host_nodes_bound_and_proc_sys_under_the_rootfs() ->
     sys = RecordingSys()
     apply(container_plan(spec()), sys)
     targets = [(a[1], a[2]) for a in sys.named("mount")]
-    assert targets[:3] == [("/", None), ("/run/c/rootfs/proc", "proc"),
+    assert targets[:4] == [("/", None), ("/run/c/rootfs", None), ("/run/c/rootfs/proc", "proc"),
                            ("/run/c/rootfs/dev", "tmpfs")]
     assert ("/run/c/rootfs/dev/null", None) in targets
     assert ("/run/c/rootfs/dev/pts", "devpts") in targets

@@ -1,0 +1,152 @@
+"""What runs in a container's first process between clone(2) and execve(2).
+
+This code runs in a copy of the daemon (no other threads; the interpreter's
+fork hooks have run). It only makes syscalls, reads files of the container
+and writes one error line to a CLOEXEC pipe if something fails: a
+successful exec closes that pipe, which is how the parent knows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import termios
+from dataclasses import dataclass
+from typing import NoReturn
+
+from runtime import rootfs
+from runtime.container import user as users
+from runtime.sys import Namespace, Sys
+from runtime.sys import libc as libc_mod
+
+EXIT_INIT_FAILED = 127
+
+
+@dataclass(frozen=True)
+class ChildPlan:
+    steps: tuple[rootfs.Step, ...]     # container_plan(...) (empty when joining, for exec)
+    args: tuple[str, ...]
+    env: tuple[str, ...]
+    user: str
+    working_dir: str
+    hostname: str | None
+    caps: tuple[int, ...]
+    seccomp_bpf: bytes | None
+    userns: bool
+    unshare: Namespace                 # unshared after "go" (MOUNT|CGROUP for a container)
+    tty: bool
+    make_workdir: bool = True
+
+
+@dataclass(frozen=True)
+class ChildFds:
+    stdin: int
+    stdout: int
+    stderr: int
+    go: int          # read one byte: parent is done (maps, cgroup, mounts); EOF = abort
+    copied: int      # write one byte after unshare(MOUNT): parent may detach its mounts; -1: none
+    error: int       # CLOEXEC: one line on failure
+    join: tuple[tuple[int, Namespace], ...] = ()   # namespaces to setns into (exec)
+
+
+def find_executable(name: str, env: tuple[str, ...]) -> str:
+    """PATH lookup inside the container, with Docker's error texts."""
+    if "/" in name:
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            raise OSError(f'exec: "{name}": stat {name}: no such file or directory') from None
+        if not os.access(name, os.X_OK) or (st.st_mode & 0o170000) == 0o040000:
+            raise OSError(f'exec: "{name}": permission denied')
+        return name
+    path = next((e[5:] for e in env if e.startswith("PATH=")), "")
+    for d in path.split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise OSError(f'exec: "{name}": executable file not found in $PATH')
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def child_main(plan: ChildPlan, fds: ChildFds, sys: Sys) -> NoReturn:
+    """Never returns: execs the command or exits EXIT_INIT_FAILED after reporting."""
+    try:
+        _setup(plan, fds, sys)
+    except BaseException as e:
+        msg = str(e) if isinstance(e, OSError) and e.errno is None else (
+            f"{e.strerror or e}" if isinstance(e, OSError) and e.strerror else f"{e}")
+        if not msg:
+            msg = type(e).__name__
+        try:
+            os.write(fds.error, msg.encode(errors="replace")[:4000])
+        finally:
+            os._exit(EXIT_INIT_FAILED)
+    os._exit(EXIT_INIT_FAILED)  # pragma: no cover - _setup execs
+
+
+def _setup(plan: ChildPlan, fds: ChildFds, sys: Sys) -> None:
+    for sig in range(1, signal.NSIG):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    if os.read(fds.go, 1) != b"g":
+        os._exit(EXIT_INIT_FAILED)
+    for fd, nstype in fds.join:
+        sys.setns(fd, nstype)
+    if plan.userns:
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    if plan.unshare:
+        sys.unshare(plan.unshare)
+    if fds.copied >= 0:
+        # "/" must be private before the parent detaches its copies of our mounts.
+        rootfs.apply(plan.steps[:1], sys)
+        os.write(fds.copied, b"c")
+        rootfs.apply(plan.steps[1:], sys)
+    else:
+        rootfs.apply(plan.steps, sys)
+    if plan.hostname:
+        sys.sethostname(plan.hostname)
+    os.dup2(fds.stdin, 0)
+    os.dup2(fds.stdout, 1)
+    os.dup2(fds.stderr, 2)
+    os.setsid()
+    if plan.tty:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # Nothing of the daemon's (sockets, other containers' FIFOs) may leak in.
+    os.closerange(3, fds.error)
+    os.closerange(fds.error + 1, 1 << 20)
+    who = users.resolve(plan.user, _read("/etc/passwd"), _read("/etc/group"))
+    env = plan.env
+    if not any(e.startswith("HOME=") for e in env):
+        env = (*env, f"HOME={who.home}")
+    if plan.make_workdir:
+        os.makedirs(plan.working_dir, exist_ok=True)
+    try:
+        os.chdir(plan.working_dir)
+    except OSError as e:
+        raise OSError(f"chdir to cwd (\"{plan.working_dir}\") set in config.json failed: "
+                      f"{e.strerror}") from None
+    exe = find_executable(plan.args[0], env)
+    libc_mod.drop_bounding(plan.caps)
+    os.setgroups(list(who.groups))
+    os.setresgid(who.gid, who.gid, who.gid)
+    os.setresuid(who.uid, who.uid, who.uid)
+    if who.uid == 0:
+        libc_mod.capset(plan.caps, plan.caps, ())
+    libc_mod.set_no_new_privs()
+    if plan.seccomp_bpf:
+        libc_mod.load_seccomp_bpf(plan.seccomp_bpf)
+    env_map = {k: v for k, _, v in (e.partition("=") for e in env)}
+    os.execve(exe, list(plan.args), env_map)

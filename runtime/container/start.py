@@ -1,0 +1,182 @@
+"""`start`: clone a container's PID 1 into its namespaces and see it exec.
+
+The parent's half of the handshake with init.py:
+
+    clone(NEWUSER|NEWPID|NEWUTS|NEWIPC[|NEWNET])       child: blocks on "go"
+    parent: pidfd, cgroup.procs, uid_map/gid_map, host mounts (idmapped layers,
+            overlay), [network setup by the caller, between begin and finish]
+    parent: "go"                     child: unshare(NEWNS|NEWCGROUP), "copied"
+    parent: detach host mounts       child: rootfs, pivot_root, caps, seccomp, exec
+    parent: error pipe EOF = exec done; a line = the failure, raised as StartError
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+from dataclasses import dataclass
+
+from runtime import rootfs
+from runtime.cgroups import Cgroup
+from runtime.container.errors import StartError
+from runtime.container.init import ChildFds, ChildPlan, child_main
+from runtime.sys import Namespace, Sys
+from runtime.sys.libc import clone
+
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """Container ids 0..count-1 are host ids host_base..host_base+count-1."""
+
+    host_base: int
+    count: int = 65536
+
+    def line(self) -> str:
+        return f"0 {self.host_base} {self.count}\n"
+
+
+@dataclass(frozen=True)
+class Stdio:
+    stdin: int
+    stdout: int
+    stderr: int
+
+
+def proc_start_time(pid: int) -> int:
+    """Field 22 of /proc/PID/stat (clock ticks after boot): pid + this names a process."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        raw = f.read()
+    # comm (field 2) may hold spaces and parens: split after its closing paren.
+    return int(raw[raw.rindex(b")") + 2:].split()[19])
+
+
+def write_id_maps(pid: int, idmap: IdMap) -> None:
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(idmap.line())
+
+
+def _read_all(fd: int, timeout: float, what: str) -> bytes:
+    out = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            raise StartError(f"{what}: container init did not answer within {timeout:.0f}s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return out
+        out += chunk
+
+
+class Launch:
+    """One start attempt: begin() clones and prepares, finish() lets it exec."""
+
+    def __init__(self, plan: ChildPlan, spec: rootfs.RootfsSpec | None, stdio: Stdio,
+                 cgroup: Cgroup | None, idmap: IdMap | None, namespaces: Namespace,
+                 sys: Sys, join: tuple[tuple[int, Namespace], ...] = ()) -> None:
+        self.plan = plan
+        self.spec = spec
+        self.stdio = stdio
+        self.cgroup = cgroup
+        self.idmap = idmap
+        self.namespaces = namespaces
+        self.sys = sys
+        self.join = join
+        self.pid = 0
+        self.pidfd = -1
+        self._mounted = False
+        self._go_w = self._copied_r = self._err_r = -1
+
+    def begin(self) -> int:
+        """Clone the child and do the parent's part up to "go"; returns the pid."""
+        go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
+        if self.spec is not None:
+            self._copied_r, copied_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            copied_w = -1
+        self._err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        fds = ChildFds(stdin=self.stdio.stdin, stdout=self.stdio.stdout,
+                       stderr=self.stdio.stderr, go=go_r, copied=copied_w, error=err_w,
+                       join=self.join)
+        try:
+            pid = clone(self.namespaces)
+        except OSError as e:
+            for fd in (go_r, copied_w, err_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._close_parent_ends()
+            raise StartError(f"clone: {e.strerror}") from e
+        if pid == 0:
+            child_main(self.plan, fds, self.sys)
+        self.pid = pid
+        for fd in (go_r, copied_w, err_w):
+            if fd >= 0:
+                os.close(fd)
+        try:
+            self.pidfd = os.pidfd_open(pid)
+            if self.cgroup is not None:
+                self.cgroup.add(pid)
+            if self.idmap is not None and self.namespaces & Namespace.USER:
+                write_id_maps(pid, self.idmap)
+            if self.spec is not None:
+                userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self._mounted = True
+                    rootfs.apply(rootfs.host_plan(self.spec), self.sys, userns_fd)
+                finally:
+                    os.close(userns_fd)
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, OSError):
+                raise StartError(f"{e.strerror or e}") from e
+            raise
+        return pid
+
+    def finish(self) -> int:
+        """Release the child; return its pidfd once it has exec'd, or raise StartError."""
+        try:
+            os.write(self._go_w, b"g")
+            if self._copied_r >= 0:
+                _read_all(self._copied_r, START_TIMEOUT, "unshare")
+                self._detach()
+            err = _read_all(self._err_r, START_TIMEOUT, "exec")
+        except BaseException:
+            self.abort()
+            raise
+        if err:
+            self.abort()
+            raise StartError(err.decode(errors="replace"))
+        self._close_parent_ends()
+        return self.pidfd
+
+    def _detach(self) -> None:
+        if self._mounted and self.spec is not None:
+            rootfs.detach_all(rootfs.host_teardown(self.spec), self.sys)
+            self._mounted = False
+
+    def _close_parent_ends(self) -> None:
+        for attr in ("_go_w", "_copied_r", "_err_r"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, attr, -1)
+
+    def abort(self) -> None:
+        """Kill and reap the child, undo host mounts; idempotent."""
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = 0
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        with contextlib.suppress(OSError):
+            self._detach()
+        self._close_parent_ends()
