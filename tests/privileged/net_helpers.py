@@ -134,12 +134,16 @@ class Lab:
                               timeout=timeout, check=False)
 
     def close(self) -> None:
-        for c in self.containers:
-            c.stop()
-            self.loop.call(self.service.teardown(self.cid(c)))
-            subprocess.run(["ip", "netns", "delete", c.netns], check=False)
-        self.loop.call(self.service.destroy())
-        self.loop.stop()
+        try:
+            for c in self.containers:
+                try:
+                    c.stop()
+                    self.loop.call(self.service.teardown(self.cid(c)))
+                finally:
+                    subprocess.run(["ip", "netns", "delete", c.netns], check=False)
+            self.loop.call(self.service.destroy())
+        finally:
+            self.loop.stop()
 
 
 @contextmanager
