@@ -38,13 +38,13 @@ import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from hostos.errors import HostosError
 from hostos.fleetlock.protocol import GROUP_RE
+from hostos.fleetlock.strategy import StrategyKind
 from hostos.tomlout import dumps as toml_dumps
 from runtime.run import CommandError, run
 
@@ -57,12 +57,6 @@ _HOSTNAME_RE = re.compile(r"^(?!-)[a-zA-Z0-9-]{1,63}(?<!-)(\.(?!-)[a-zA-Z0-9-]{1
 _CONTAINER_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 _HHMM_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-
-
-class RebootStrategy(StrEnum):
-    IMMEDIATE = "immediate"
-    FLEET_LOCK = "fleet_lock"
-    WINDOW = "window"
 
 
 class ProvisionError(HostosError):
@@ -194,13 +188,13 @@ def _check_update(problems: list[str], upd: dict[str, Any]) -> list[FileWrite]:
         out["url"] = _url(problems, "[update] url", upd["url"])
     if "strategy" in upd:
         try:
-            out["strategy"] = RebootStrategy(upd["strategy"]).value
+            out["strategy"] = StrategyKind(upd["strategy"]).value
         except ValueError:
             problems.append(f"[update] strategy: {upd['strategy']!r} is not one of "
-                            f"{', '.join(s.value for s in RebootStrategy)}")
+                            f"{', '.join(s.value for s in StrategyKind)}")
     if "window" in upd:
         out["window"] = _check_window(problems, upd["window"])
-    elif out.get("strategy") == RebootStrategy.WINDOW:
+    elif out.get("strategy") == StrategyKind.WINDOW:
         problems.append("[update] strategy 'window' needs an [update.window] table")
     if "tuf_root" in upd:
         try:
@@ -281,7 +275,7 @@ def plan(data: Mapping[str, Any], origin: str = "provisioning") -> ProvisionPlan
                                 toml_dumps({"fleet": fleet}).encode()))
     update = _table(problems, data, "update")
     writes += _check_update(problems, update)
-    if update.get("strategy") == RebootStrategy.FLEET_LOCK and not fleet.get("fleetlock_url"):
+    if update.get("strategy") == StrategyKind.FLEET_LOCK and not fleet.get("fleetlock_url"):
         problems.append("[update] strategy 'fleet_lock' needs [fleet] fleetlock_url")
     writes += _check_tls(problems, _table(problems, data, "tls"))
     writes += _check_containers(problems, data.get("containers", []))

@@ -92,6 +92,13 @@ class RolloutPlan:
         return cls(tuple(waves))
 
     @classmethod
+    def from_release(cls, rollout: Any) -> RolloutPlan | None:
+        """The plan in a release manifest's `rollout`; None (everyone now) if it has no waves."""
+        if not rollout or not rollout.get("waves"):
+            return None
+        return cls.from_json(rollout)
+
+    @classmethod
     def immediate(cls, now: datetime | None = None) -> RolloutPlan:
         return cls((Wave(100.0, now or datetime.now(UTC)),))
 

@@ -195,3 +195,17 @@ def test_protocol_requests_zincati_sends_and_refuses_the_rest(
                 assert status == 409 and err["kind"] == "failed_lock"
 
         asyncio.run(scenario())
+
+
+def test_the_agents_fleet_lock_strategy_gates_reboots(etcd: EtcdServer, group: str) -> None:
+    from hostos.fleetlock.strategy import FleetLock
+
+    with start_fleetlock(etcd.endpoint, slots=1) as srv:
+        a, b = FleetLock(srv.url, "host-a", group), FleetLock(srv.url, "host-b", group)
+        assert a.may_reboot().allowed
+        refused = b.may_reboot()
+        assert not refused.allowed and "refused" in refused.reason and "host-a" in refused.reason
+        assert a.report_steady().allowed  # host-a booted healthy: its slot goes back
+        assert b.may_reboot().allowed
+    down = FleetLock(srv.url, "host-c", group).may_reboot()
+    assert not down.allowed and "unreachable" in down.reason

@@ -86,6 +86,9 @@ def test_plan_json_round_trip_and_bad_json() -> None:
     plan = parse_plan_spec("10%@0,100%@90m", T0)
     assert RolloutPlan.from_json(plan.to_json()) == plan
     assert plan.waves[1] == Wave(100.0, T0 + timedelta(minutes=90))
+    assert RolloutPlan.from_release({"waves": []}) is None  # what `hostos release` writes
+    assert RolloutPlan.from_release({}) is None
+    assert RolloutPlan.from_release(plan.to_json()) == plan
     with pytest.raises(RolloutError, match="wave 1"):
         RolloutPlan.from_json({"waves": [{"percent": 100, "start": "yesterday"}]})
     with pytest.raises(RolloutError, match="time zone"):
