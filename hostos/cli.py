@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "hostos.fleet",
     "hostos.provision",
     "hostos.vm",
+    "hostos.build",
 ]
 
 
