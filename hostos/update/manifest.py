@@ -1,0 +1,98 @@
+"""What a release is: the custom metadata `hostos release` signs into TUF targets.
+
+The channel target `channels/<channel>.json` carries the release manifest
+both as its content and as its TUF `custom` field, so the agent decides
+(newer? known bad?) from signed metadata alone before downloading anything.
+Each artifact is a target of its own, compressed; `size` and `sha256`
+describe the *decompressed* bytes that land in a partition or the ESP, so
+the agent can check what it wrote, and what a slot already holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from hostos.update.version import Version
+
+MANIFEST_FORMAT = 1
+
+
+class ArtifactKind(StrEnum):
+    USR = "usr"
+    VERITY = "verity"
+    UKI = "uki"
+
+
+class Compression(StrEnum):
+    # zstd: it decompresses ~15x faster than xz, which matters under TCG.
+    ZSTD = "zstd"
+
+    @property
+    def suffix(self) -> str:
+        return ".zst"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    target: str
+    size: int
+    sha256: str
+    compression: Compression
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "size": self.size, "sha256": self.sha256,
+                "compression": str(self.compression)}
+
+
+@dataclass(frozen=True)
+class ReleaseManifest:
+    version: Version
+    usrhash: str
+    artifacts: Mapping[ArtifactKind, Artifact]
+    # Filled by the fleet tooling (waves, start times); empty means "everyone now".
+    rollout: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "version": str(self.version),
+            "usrhash": self.usrhash,
+            "artifacts": {str(k): a.to_json() for k, a in self.artifacts.items()},
+            "rollout": dict(self.rollout),
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: Any) -> ReleaseManifest:
+        """Parse signed custom metadata; ValueError says which field is wrong."""
+        try:
+            if data["format"] != MANIFEST_FORMAT:
+                raise ValueError(f"unsupported release manifest format {data['format']!r}")
+            usrhash = str(data["usrhash"])
+            bytes.fromhex(usrhash)
+            if len(usrhash) != 64:
+                raise ValueError("usrhash is not a sha256 root hash")
+            artifacts = {
+                ArtifactKind(k): Artifact(str(a["target"]), int(a["size"]), str(a["sha256"]),
+                                          Compression(a["compression"]))
+                for k, a in data["artifacts"].items()
+            }
+            missing = set(ArtifactKind) - set(artifacts)
+            if missing:
+                raise ValueError(f"artifacts {sorted(missing)} missing")
+            rollout = data.get("rollout") or {}
+            if not isinstance(rollout, dict):
+                raise ValueError("rollout is not an object")
+            return cls(Version.parse(str(data["version"])), usrhash, artifacts, rollout)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"release manifest is malformed: {e!r}") from e
+
+
+def channel_target(channel: str) -> str:
+    return f"channels/{channel}.json"
