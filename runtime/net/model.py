@@ -180,6 +180,9 @@ class ContainerNetConfig:
     dns_search: tuple[str, ...] = ()
     extra_hosts: tuple[tuple[str, str], ...] = ()
     domainname: str = ""
+    # What a `--link` to this container shows (ALIAS_ENV_*, ALIAS_PORT_*).
+    env: tuple[str, ...] = ()
+    exposed_ports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

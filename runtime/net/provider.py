@@ -26,6 +26,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from runtime.net.model import (
     ContainerNetResult,
     Driver,
     Endpoint,
+    LinkRequest,
     NetError,
     Network,
     NetworkInUse,
@@ -237,8 +239,10 @@ class NetworkService:
         if config.links and any(not n.is_default for n, _ in nets):
             raise NetError("--link is only supported on the default bridge network; "
                            "on user networks containers reach each other by name")
-        link_targets = [(lk, self._link_ip(lk.container_id, lk.name)) for lk in config.links]
+        link_targets = [self._resolve_link(lk) for lk in config.links]
         try:
+            records.record_container(self.db, container_id, config.name, config.env,
+                                     config.exposed_ports)
             eps = [await self._attach(container_id, netns_path, net, a, config.name, i)
                    for i, (net, a) in enumerate(nets)]
             published = await self._publish(container_id, eps, config.ports)
@@ -270,6 +274,7 @@ class NetworkService:
         """Idempotent: remove the container's veths, addresses and published ports."""
         for ep in records.endpoints(self.db, container_id=container_id):
             await self._detach(ep)
+        records.forget_container(self.db, container_id)
         if records.delete_ports(self.db, container_id):
             await self._sync_nft()
 
@@ -351,11 +356,21 @@ class NetworkService:
             return e.strerror or str(e)
         return None
 
-    def _link_ip(self, target_id: str, name: str) -> str:
+    def _resolve_link(self, lk: LinkRequest) -> tuple[LinkRequest, str]:
+        """The link with its target filled in from the records, and the target's address."""
+        if not lk.container_id:
+            found = records.link_target(self.db, lk.name)
+            if found is None:
+                raise NetError(f"cannot link to {lk.name}: no such running container "
+                               f"on the default bridge network")
+            cid, env, exposed = found
+            lk = replace(lk, container_id=cid, env=tuple(env), exposed_ports=tuple(exposed))
         default = self.network(DEFAULT_NETWORK)
-        for ep in records.endpoints(self.db, container_id=target_id, network_id=default.id):
-            return ep.address
-        raise NetError(f"cannot link to {name}: it is not running on the default bridge network")
+        for ep in records.endpoints(self.db, container_id=lk.container_id,
+                                    network_id=default.id):
+            return lk, ep.address
+        raise NetError(f"cannot link to {lk.name}: it is not running on the default bridge "
+                       f"network")
 
     async def _sync_nft(self) -> None:
         """Re-render and apply the table. Concurrent callers coalesce: one apply

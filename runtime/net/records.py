@@ -61,6 +61,12 @@ CREATE TABLE IF NOT EXISTS net_ports (
     container_ip TEXT NOT NULL,
     PRIMARY KEY (proto, host_ip, host_port)
 );
+CREATE TABLE IF NOT EXISTS net_containers (
+    container_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    env TEXT NOT NULL,
+    exposed TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS net_state (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -247,6 +253,31 @@ def delete_ports(conn: sqlite3.Connection, container_id: str) -> int:
                             (container_id,)).rowcount
 
 
+# -- what a --link to a container shows -----------------------------------------
+
+def record_container(conn: sqlite3.Connection, container_id: str, name: str,
+                     env: Sequence[str], exposed: Sequence[str]) -> None:
+    with transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO net_containers (container_id, name, env, exposed)"
+                     " VALUES (?,?,?,?)",
+                     (container_id, name, json.dumps(list(env)), json.dumps(list(exposed))))
+
+
+def link_target(conn: sqlite3.Connection, name: str) -> tuple[str, list[str], list[str]] | None:
+    """(container_id, env, exposed ports) of the attached container called name."""
+    row = conn.execute("SELECT * FROM net_containers WHERE name = ? OR container_id = ?",
+                       (name.lstrip("/"), name)).fetchone()
+    if row is None:
+        return None
+    return row["container_id"], json.loads(row["env"]), json.loads(row["exposed"])
+
+
+def forget_container(conn: sqlite3.Connection, container_id: str) -> None:
+    with transaction(conn):
+        conn.execute("DELETE FROM net_containers WHERE container_id = ?", (container_id,))
+
+
 def container_ids(conn: sqlite3.Connection) -> set[str]:
     ids = {r[0] for r in conn.execute("SELECT container_id FROM net_endpoints")}
+    ids |= {r[0] for r in conn.execute("SELECT container_id FROM net_containers")}
     return ids | {r[0] for r in conn.execute("SELECT container_id FROM net_ports")}

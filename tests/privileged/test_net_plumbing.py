@@ -16,13 +16,13 @@ import pytest
 from runtime.net.model import (
     Attachment,
     ContainerNetConfig,
-    LinkRequest,
     NetError,
     NetworkSpec,
     PortBinding,
     PortInUse,
     Proto,
 )
+from runtime.net.options import config_from_options
 from runtime.net.ports import parse_port_specs
 from tests.privileged.conftest import NetNS
 from tests.privileged.net_helpers import (
@@ -116,11 +116,14 @@ def test_containers_on_a_user_network_reach_each_other_by_name_and_alias(net: La
 
 def test_legacy_links_give_hosts_entries_and_env_vars(net: Lab) -> None:
     db, web = net.container("db"), net.container("web")
-    db_res = net.setup(db, ContainerNetConfig(name="db", hostname="db"))
+    db_res = net.setup(db, ContainerNetConfig(name="db", hostname="db",
+                                              env=("POSTGRES_DB=app", "PATH=/bin"),
+                                              exposed_ports=("5432/tcp",)))
     web_server(net, db, 5432, "db here\n")
-    link = LinkRequest(alias="dbalias", container_id=net.cid(db), name="db",
-                       env=("POSTGRES_DB=app", "PATH=/bin"), exposed_ports=("5432/tcp",))
-    res = net.setup(web, ContainerNetConfig(name="web", hostname="web", links=(link,)))
+    # the way the engine passes it: Docker's HostConfig.Links, resolved by name
+    config = config_from_options(name="/web", hostname="web",
+                                 options={"Links": ["/db:/web/dbalias"]})
+    res = net.setup(web, config)
     ip = db_res.endpoints[0].address
     assert f"DBALIAS_PORT_5432_TCP=tcp://{ip}:5432" in res.env
     assert f"DBALIAS_PORT_5432_TCP_ADDR={ip}" in res.env
@@ -128,6 +131,9 @@ def test_legacy_links_give_hosts_entries_and_env_vars(net: Lab) -> None:
     assert "DBALIAS_NAME=/web/dbalias" in res.env
     assert curl(web, "http://dbalias:5432/") == "db here\n"
     assert curl(web, "http://db:5432/") == "db here\n"
+    with pytest.raises(NetError):
+        net.setup(net.container("x"), config_from_options(
+            name="x", hostname="x", options={"Links": ["nosuch:alias"]}))
 
 
 def test_internal_network_has_no_way_out(net: Lab) -> None:
