@@ -340,6 +340,12 @@ class ImageStore:
             self.conn.execute("UPDATE images SET last_tag_time=? WHERE id=?", (time.time(), iid))
         return name
 
+    def add_repo_digest(self, image_id: str, repo: str, digest: str) -> None:
+        """Remember that `repo@digest` names this image (after a push)."""
+        with self.lock, transaction(self.conn):
+            self.conn.execute("INSERT OR REPLACE INTO image_repo_digests VALUES (?,?,?)",
+                              (repo, digest, image_id))
+
     def remove(self, ref: str, *, force: bool = False) -> list[dict[str, str]]:
         """Docker's `rmi`: untag, then delete the image if nothing else refers to it.
 
