@@ -207,7 +207,12 @@ async def serve(config: DaemonConfig) -> None:
 
 
 async def start_services(config: DaemonConfig, backend: Backend) -> list[object]:
-    """Start the engine and the image store where they exist; returns what to stop."""
+    """Open the image store and start the engine; returns what to stop, in order."""
+    from runtime.events import EventBus
+    from runtime.store.images import ImageStore
+
+    backend.events = EventBus()
+    backend.images = await asyncio.to_thread(ImageStore, config.data_root)
     return []
 
 

@@ -6,14 +6,14 @@ import logging
 
 from aiohttp import web
 
-from runtime.api import system, versions
+from runtime.api import events, images, system, versions
 from runtime.api.backend import BACKEND, Backend
 from runtime.api.errors import Handler, error_middleware, error_response
 from runtime.api.routes import RouteTable
 
 log = logging.getLogger("berth.api")
 
-ROUTERS = (system,)
+ROUTERS = (system, events, images)
 
 
 @web.middleware

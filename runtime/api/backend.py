@@ -43,6 +43,13 @@ class Backend:
     images: Any = None
     volumes: Any = None
     events: Any = None
+    puller: Any = None
+
+    def publish(self, type: str, action: str, actor_id: str,
+                attributes: dict[str, str] | None = None) -> None:
+        """An event from the API's own actions (images, volumes); no bus, no event."""
+        if self.events is not None:
+            self.events.publish(type, action, actor_id, attributes or {})
 
     def need(self, name: str) -> Any:
         service = getattr(self, name)

@@ -45,6 +45,8 @@ class NotImplementedYet(ApiError):
 
 
 def error_response(status: int, message: str) -> web.Response:
+    # One line, as clients print it: nested causes (tarfile's) come multi-line.
+    message = "; ".join(part.strip(" -") for part in message.splitlines() if part.strip())
     return web.Response(
         status=status,
         body=json.dumps({"message": message}).encode() + b"\n",
@@ -52,33 +54,24 @@ def error_response(status: int, message: str) -> web.Response:
     )
 
 
-# Exceptions from other layers, by class name, mapped to a status. Matching on
-# the name keeps this module free of imports from the engine and the store;
-# each of their error classes carries its object in its message.
+# Exceptions from other layers, by class name, mapped to Docker's status.
+# Matching on names (through the MRO, most specific first) keeps this module
+# free of imports from the engine, the store and the network; each of those
+# classes carries its object in its message, which becomes the API's message.
 _STATUS_BY_EXCEPTION_NAME: dict[str, int] = {
-    "ImageNotFound": 404,
-    "ContainerNotFound": 404,
-    "VolumeNotFound": 404,
-    "ExecNotFound": 404,
-    "NetworkNotFound": 404,
-    "NameConflict": 409,
-    "ContainerNameConflict": 409,
-    "ImageInUse": 409,
-    "VolumeInUse": 409,
-    "ContainerRunning": 409,
-    "ContainerNotRunning": 409,
-    "ContainerPaused": 409,
-    "ContainerNotPaused": 409,
-    "InvalidTransition": 409,
-    "StateError": 409,
-    "AlreadyStarted": 304,
-    "AlreadyStopped": 304,
-    "InvalidSpec": 400,
-    "SpecError": 400,
-    "InvalidReference": 400,
-    "LayerError": 400,
-    "UnsafeLayer": 400,
-    "ArchiveError": 400,
+    # 404
+    "ImageNotFound": 404, "NoSuchContainer": 404, "NoSuchExec": 404,
+    "NetworkNotFound": 404, "VolumeNotFound": 404, "BlobNotFound": 404,
+    # 409: the object is in a state that forbids the request
+    "ImageConflict": 409, "Conflict": 409, "NetworkInUse": 409, "NetworkExists": 409,
+    "VolumeInUse": 409, "VolumeExists": 409,
+    # 400: the request is wrong and changed nothing
+    "InvalidRequest": 400, "InvalidReference": 400, "InvalidDigest": 400,
+    "InvalidManifest": 400, "ExtractError": 400, "CommitError": 400, "ArchiveError": 400,
+    "ChangeError": 400, "BlobError": 400, "AmbiguousImage": 400, "UserError": 400,
+    "BadSubnet": 400, "BadPortSpec": 400, "InvalidVolume": 400,
+    # 500 without a traceback: expected failures with a message for the user
+    "ContainerError": 500, "NetError": 500, "AuthError": 500,
 }
 
 

@@ -1,0 +1,231 @@
+"""Image routes: json, inspect, history, tag, delete, prune, load, import, save.
+
+The image store is synchronous (SQLite and file I/O), so each call runs in a
+worker thread. Uploaded archives are spooled to a temporary file under the
+data root first: the store needs a seekable tar, and a failed upload then
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from runtime.api.backend import backend
+from runtime.api.errors import BadRequest, NotImplementedYet
+from runtime.api.filters import bool_filter, query_bool, request_filters
+from runtime.api.routes import RouteTable
+from runtime.store import archive, views
+from runtime.store.images import ImageFilters, ImageStore, familiar
+
+IMAGE_FILTERS = ("dangling", "label", "reference", "before", "since")
+_SPOOL_CHUNK = 1 << 20
+
+
+class Puller(Protocol):
+    """The registry client's seam, once it exists: pull `ref` into the store."""
+
+    def pull(self, ref: str) -> AsyncIterator[dict[str, Any]]: ...
+
+
+def store_of(request: web.Request) -> ImageStore:
+    store: ImageStore = backend(request).need("images")
+    return store
+
+
+@contextlib.asynccontextmanager
+async def spooled_body(request: web.Request) -> AsyncIterator[Path]:
+    """The request body in a temporary file on the data root's filesystem."""
+    tmp_dir = backend(request).info.data_root / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-", suffix=".tar")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            while chunk := await request.content.read(_SPOOL_CHUNK):
+                f.write(chunk)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def json_lines(request: web.Request, docs: list[dict[str, Any]]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    for doc in docs:
+        await resp.write(json.dumps(doc).encode() + b"\r\n")
+    await resp.write_eof()
+    return resp
+
+
+def image_filters(request: web.Request) -> ImageFilters:
+    f = request_filters(request, IMAGE_FILTERS)
+    if f.get("before") or f.get("since"):
+        raise BadRequest("the before and since image filters are not supported by berthd")
+    return ImageFilters(dangling=bool_filter(f, "dangling"), labels=tuple(f.get("label", ())),
+                        reference=tuple(f.get("reference", ())),
+                        include_intermediate=query_bool(request, "all"))
+
+
+async def list_images(request: web.Request) -> web.StreamResponse:
+    store = store_of(request)
+    filters = image_filters(request)
+
+    def summaries() -> list[dict[str, Any]]:
+        return [views.summary(store, rec) for rec in store.list_images(filters)]
+
+    return web.json_response(await asyncio.to_thread(summaries))
+
+
+async def inspect_image(request: web.Request) -> web.StreamResponse:
+    store = store_of(request)
+    name = request.match_info["name"]
+    return web.json_response(await asyncio.to_thread(
+        lambda: views.inspect(store, store.get(name))))
+
+
+async def image_history(request: web.Request) -> web.StreamResponse:
+    store = store_of(request)
+    name = request.match_info["name"]
+    return web.json_response(await asyncio.to_thread(
+        lambda: views.history(store, store.get(name))))
+
+
+async def tag_image(request: web.Request) -> web.StreamResponse:
+    store = store_of(request)
+    repo = request.query.get("repo", "")
+    if not repo:
+        raise BadRequest("repository name (repo) is required")
+    target = f"{repo}:{request.query.get('tag') or 'latest'}"
+    source = request.match_info["name"]
+
+    def do_tag() -> str:
+        store.tag(source, target)
+        return store.lookup(source)
+
+    image_id = await asyncio.to_thread(do_tag)
+    backend(request).publish("image", "tag", image_id, {"name": target})
+    return web.Response(status=201)
+
+
+async def delete_image(request: web.Request) -> web.StreamResponse:
+    store = store_of(request)
+    force = query_bool(request, "force")
+    result = await asyncio.to_thread(store.remove, request.match_info["name"], force=force)
+    for entry in result:
+        for key, action in (("Untagged", "untag"), ("Deleted", "delete")):
+            if key in entry:
+                backend(request).publish("image", action, entry[key], {"name": entry[key]})
+    return web.json_response(result)
+
+
+async def prune_images(request: web.Request) -> web.StreamResponse:
+    store = store_of(request)
+    f = request_filters(request, ("dangling", "label", "until"))
+    if f.get("until"):
+        raise BadRequest("the until prune filter is not supported by berthd")
+    dangling = bool_filter(f, "dangling")
+    result = await asyncio.to_thread(
+        store.prune, all_images=dangling is False,
+        filters=ImageFilters(labels=tuple(f.get("label", ()))))
+    return web.json_response(result)
+
+
+async def load_images(request: web.Request) -> web.StreamResponse:
+    store = store_of(request)
+    async with spooled_body(request) as path:
+        loaded = await asyncio.to_thread(archive.load, store, path)
+    docs: list[dict[str, Any]] = []
+    for item in loaded:
+        names = [familiar(t) for t in item.tags]
+        backend(request).publish("image", "load", item.image.id,
+                                 {"name": names[0] if names else item.image.id})
+        if names:
+            docs.extend({"stream": f"Loaded image: {n}\n"} for n in names)
+        else:
+            docs.append({"stream": f"Loaded image ID: {item.image.id}\n"})
+    return await json_lines(request, docs)
+
+
+async def create_image(request: web.Request) -> web.StreamResponse:
+    """POST /images/create: `fromSrc=-` imports a rootfs tar; `fromImage` pulls."""
+    q = request.query
+    if q.get("fromImage"):
+        puller: Puller | None = getattr(backend(request), "puller", None)
+        if puller is None:
+            raise NotImplementedYet("pulling from a registry is not available in this berthd; "
+                                    "use berth load or berth import")
+        ref = q["fromImage"] + (f":{q['tag']}" if q.get("tag") and "@" not in q["fromImage"]
+                                else "")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        async for doc in puller.pull(ref):
+            await resp.write(json.dumps(doc).encode() + b"\r\n")
+        await resp.write_eof()
+        return resp
+    if q.get("fromSrc") != "-":
+        raise BadRequest("give fromSrc=- (a rootfs tar in the body) or fromImage")
+    store = store_of(request)
+    tag = _import_tag(q.get("repo", ""), q.get("tag", ""))
+    changes = q.getall("changes", [])
+    message = q.get("message", "")
+    async with spooled_body(request) as path:
+        def do_import() -> str:
+            with path.open("rb") as f:
+                return archive.import_rootfs(store, f, tag=tag, changes=changes,
+                                             message=message).id
+
+        image_id = await asyncio.to_thread(do_import)
+    backend(request).publish("image", "import", image_id, {"name": tag or image_id})
+    return await json_lines(request, [{"status": image_id}])
+
+
+def _import_tag(repo: str, tag: str) -> str | None:
+    """repo=NAME&tag=T, or (the docker CLI's way) repo=NAME:T with no tag."""
+    if not repo:
+        return None
+    if not tag and ":" in repo.rsplit("/", 1)[-1]:
+        return repo
+    return f"{repo}:{tag or 'latest'}"
+
+
+async def save_images(request: web.Request) -> web.StreamResponse:
+    store = store_of(request)
+    names = request.query.getall("names", [])
+    if "name" in request.match_info:
+        names = [request.match_info["name"]]
+    if not names:
+        raise BadRequest("give the images to save: ?names=IMAGE")
+    tmp_dir = backend(request).info.data_root / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=tmp_dir) as spool:
+        await asyncio.to_thread(archive.save, store, names, spool)
+        spool.seek(0)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+        await resp.prepare(request)
+        while chunk := await asyncio.to_thread(spool.read, _SPOOL_CHUNK):
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+
+def add_routes(table: RouteTable) -> None:
+    # Fixed paths before the {name:.+} ones: image names may contain '/'.
+    table.get("/images/json", list_images)
+    table.post("/images/load", load_images)
+    table.post("/images/create", create_image)
+    table.post("/images/prune", prune_images)
+    table.get("/images/get", save_images)
+    table.get("/images/{name:.+}/json", inspect_image)
+    table.get("/images/{name:.+}/history", image_history)
+    table.get("/images/{name:.+}/get", save_images)
+    table.post("/images/{name:.+}/tag", tag_image)
+    table.delete("/images/{name:.+}", delete_image)

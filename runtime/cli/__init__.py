@@ -1,0 +1,72 @@
+"""`berth`: a thin client of berthd's Docker-compatible API (see README.md).
+
+Each verb parses its flags and makes one or a few API calls; nothing here
+touches containers directly. Expected failures (the daemon's errors, bad
+flags, no daemon) print one line and exit non-zero, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from runtime import __version__
+from runtime.cli import containers, images, run, system, volumes
+from runtime.cli.common import Context
+from runtime.client import ClientError, TlsConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="berth", description="Run and manage containers on a Berth daemon.")
+    parser.add_argument("-v", "--version", action="version", version=f"berth {__version__}")
+    parser.add_argument("-H", "--host", help="daemon socket: unix://PATH or tcp://HOST:PORT "
+                        "(default: $BERTH_HOST, $DOCKER_HOST, unix:///run/berth/berthd.sock)")
+    parser.add_argument("--tls", action="store_true", help="use TLS (implied by --tlsverify)")
+    parser.add_argument("--tlsverify", action="store_true", help="use TLS and verify the daemon")
+    parser.add_argument("--tlscacert", help="trust certs signed only by this CA")
+    parser.add_argument("--tlscert", help="client certificate")
+    parser.add_argument("--tlskey", help="client key")
+    parser.add_argument("-D", "--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run.register(sub)
+    containers.register(sub)
+    images.register(sub)
+    system.register(sub)
+    volumes.register(sub)
+    group = sub.add_parser("container", help="Manage containers",
+                           description="Manage containers")
+    inner = group.add_subparsers(dest="container_command", metavar="COMMAND", required=True)
+    run.register(inner)
+    containers.register(inner)
+    containers.register_group_verbs(inner)
+    images.register_group(sub)
+    system.register_group(sub)
+    return parser
+
+
+def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
+    if not (args.tls or args.tlsverify or args.tlscacert or args.tlscert or args.tlskey):
+        return None
+    return TlsConfig(args.tlscacert, args.tlscert, args.tlskey,
+                     verify=args.tlsverify or bool(args.tlscacert))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Context(host=args.host, tls=tls_from_args(args))
+    try:
+        status: int = args.func(args, ctx)
+    except ClientError as e:
+        if args.debug:
+            raise
+        print(str(e) if str(e).startswith("Error") else f"berth: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141
+    finally:
+        ctx.close()
+    return status

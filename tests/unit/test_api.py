@@ -1,0 +1,131 @@
+"""API shapes without a daemon process: the aiohttp app on a test server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from runtime import __version__
+from runtime.api.app import make_app
+from runtime.api.backend import Backend, DaemonInfo
+from runtime.api.errors import error_response, status_for
+from runtime.api.events import event_matcher
+from runtime.api.filters import parse_filters
+from runtime.events import Event, EventBus
+
+Check = Callable[[TestClient[object, object]], Awaitable[None]]
+
+
+def with_client(check: Check, backend: Backend | None = None) -> None:
+    b = backend or Backend(info=DaemonInfo(data_root=Path("/nonexistent/data"),
+                                           exec_root=Path("/nonexistent/exec")))
+
+    async def go() -> None:
+        async with TestClient(TestServer(make_app(b))) as client:
+            await check(client)
+
+    asyncio.run(go())
+
+
+def test_ping_headers_and_head() -> None:
+    async def check(c: TestClient[object, object]) -> None:
+        for method in ("GET", "HEAD"):
+            r = await c.request(method, "/_ping")
+            assert r.status == 200
+            assert r.headers["Api-Version"] == "1.47"
+            assert r.headers["Ostype"] == "linux"
+            assert r.headers["Server"].startswith(f"Berth/{__version__}")
+        assert await (await c.get("/v1.40/_ping")).text() == "OK"
+
+    with_client(check)
+
+
+def test_version_shape_and_prefixes() -> None:
+    async def check(c: TestClient[object, object]) -> None:
+        for path in ("/version", "/v1.24/version", "/v1.47/version"):
+            v = await (await c.get(path)).json()
+            assert v["Version"] == __version__
+            assert (v["ApiVersion"], v["MinAPIVersion"]) == ("1.47", "1.24")
+            assert v["Platform"]["Name"] == "Berth" and v["Os"] == "linux"
+            assert v["Components"][0]["Details"]["ApiVersion"] == "1.47"
+        for path, word in (("/v1.23/version", "too old"), ("/v1.48/version", "too new")):
+            r = await c.get(path)
+            assert r.status == 400 and word in (await r.json())["message"]
+
+    with_client(check)
+
+
+def test_errors_have_dockers_json_shape() -> None:
+    async def check(c: TestClient[object, object]) -> None:
+        r = await c.get("/v1.47/no/such/route")
+        assert r.status == 404 and "message" in await r.json()
+        # No engine in this backend: a clear 501, not a crash.
+        r = await c.get("/images/json")
+        assert r.status == 501
+        assert (await r.json())["message"] == "images are not available in this berthd"
+
+    with_client(check)
+
+
+def test_exceptions_of_other_layers_map_to_statuses() -> None:
+    from runtime.container.errors import InvalidRequest, NoSuchContainer, NotRunning
+    from runtime.oci import ImageNotFound
+    from runtime.store.images import ImageConflict
+
+    assert status_for(NoSuchContainer("x")) == 404
+    assert status_for(ImageNotFound("x")) == 404
+    assert status_for(NotRunning("x")) == 409  # through its base class Conflict
+    assert status_for(ImageConflict("x", "in use")) == 409
+    assert status_for(InvalidRequest("bad")) == 400
+    assert status_for(ValueError("a bug")) is None
+    assert json.loads(error_response(400, "a\n - b\n").text or "") == {"message": "a; b"}
+
+
+def test_filters_parse_both_forms_and_refuse_unknown_keys() -> None:
+    assert parse_filters('{"status": ["running"]}', ["status"]) == {"status": ["running"]}
+    assert parse_filters('{"status": {"running": true}}', ["status"]) == {"status": ["running"]}
+    try:
+        parse_filters('{"colour": ["red"]}', ["status"])
+    except Exception as e:
+        assert "invalid filter 'colour'" in str(e)
+    else:
+        raise AssertionError("unknown filter accepted")
+
+
+def test_event_filters() -> None:
+    start = Event("container", "start", "abc123def456", {"name": "web", "image": "busybox"})
+    die = Event("container", "die", "abc123def456", {"name": "web", "exitCode": "0"})
+    tag = Event("image", "tag", "sha256:1", {"name": "busybox:latest"})
+    m = event_matcher({"type": ["container"], "event": ["start", "stop"]})
+    assert [m(e) for e in (start, die, tag)] == [True, False, False]
+    m = event_matcher({"container": ["web"]})
+    assert [m(e) for e in (start, die, tag)] == [True, True, False]
+    m = event_matcher({"image": ["busybox"]})
+    assert m(start) and not m(die)
+
+
+def test_events_stream_replays_and_follows() -> None:
+    bus = EventBus()
+    backend = Backend(info=DaemonInfo(data_root=Path("/x"), exec_root=Path("/y")), events=bus)
+    bus.publish("container", "create", "c1", {"name": "one"})
+
+    async def check(c: TestClient[object, object]) -> None:
+        r = await c.get("/v1.47/events", params={"since": "0",
+                                                 "filters": '{"event": ["create"]}'})
+        assert r.status == 200
+        first = json.loads(await r.content.readline())
+        assert first["Action"] == "create" and first["Actor"]["ID"] == "c1"
+        bus.publish("container", "start", "c1")   # filtered out
+        bus.publish("container", "create", "c2")
+        second = json.loads(await r.content.readline())
+        assert second["Actor"]["ID"] == "c2"
+        r.close()
+        # until in the past: the stream ends by itself.
+        r = await c.get("/events", params={"since": "0", "until": "1"})
+        assert await r.read() == b""
+
+    with_client(check, backend)
