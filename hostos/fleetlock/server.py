@@ -97,7 +97,9 @@ async def steady_state(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True, "server": request.app[SEMAPHORE_KEY].server})
+    sem = request.app[SEMAPHORE_KEY]
+    ops = getattr(sem.etcd, "ops", None)
+    return web.json_response({"ok": True, "server": sem.server, "etcd_ops": ops})
 
 
 def make_app(sem: FleetSemaphore) -> web.Application:
