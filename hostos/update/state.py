@@ -43,11 +43,13 @@ class Phase(StrEnum):
 
 # Allowed transitions: target phase -> phases it may be entered from.
 TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    Phase.CHECKING: frozenset({Phase.IDLE, Phase.DONE, Phase.FAILED, Phase.CHECKING}),
+    # From downloading: an interrupted download starts over with a fresh check.
+    Phase.CHECKING: frozenset({Phase.IDLE, Phase.DONE, Phase.FAILED, Phase.CHECKING,
+                               Phase.DOWNLOADING}),
     Phase.IDLE: frozenset({Phase.CHECKING}),
     Phase.DOWNLOADING: frozenset({Phase.CHECKING, Phase.DOWNLOADING}),
     Phase.STAGED: frozenset({Phase.DOWNLOADING}),
-    Phase.REBOOTING: frozenset({Phase.STAGED, Phase.REBOOTING}),
+    Phase.REBOOTING: frozenset({Phase.STAGED, Phase.REBOOTING, Phase.VERIFYING}),
     Phase.VERIFYING: frozenset({Phase.STAGED, Phase.REBOOTING, Phase.VERIFYING,
                                 Phase.DOWNLOADING}),
     Phase.DONE: frozenset({Phase.VERIFYING}),
@@ -83,13 +85,13 @@ class UpdateState:
     last_error: str | None = None
     bad_versions: tuple[str, ...] = ()
     attempts: int = 0
-    changed: float = field(default_factory=time.time)
+    changed: float = field(default_factory=time.time, compare=False)
 
-    def to(self, target: Phase, **changes: Any) -> UpdateState:
-        """The next state; raises TransitionError if `target` may not follow `phase`."""
-        if not can_enter(self.phase, target):
-            raise TransitionError(f"update state {self.phase} -> {target} is not allowed")
-        return replace(self, phase=target, changed=time.time(), **changes)
+    def to(self, phase: Phase, /, **changes: Any) -> UpdateState:
+        """The next state; raises TransitionError if `phase` may not follow this one."""
+        if not can_enter(self.phase, phase):
+            raise TransitionError(f"update state {self.phase} -> {phase} is not allowed")
+        return replace(self, phase=phase, changed=time.time(), **changes)
 
     def with_bad(self, version: str) -> UpdateState:
         if version in self.bad_versions:

@@ -1,0 +1,182 @@
+"""The agent end to end on files: a GPT disk image, an ESP folder, a file:// repository.
+
+The host seam is a disk image instead of /dev/vda and a folder instead of
+the mounted ESP; what boots is set by the test (as systemd-boot would), and
+a reboot is recorded instead of performed. The VM tests do the real thing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from hostos.release import make_release
+from hostos.repo import Repository
+from hostos.update import gpt
+from hostos.update.agent import Agent
+from hostos.update.check import CheckError, Verdict
+from hostos.update.config import validate
+from hostos.update.slots import BootDisk, Esp, SlotError, SlotTable
+from hostos.update.state import Phase
+from hostos.update.version import Version
+from runtime.run import run
+from tests.unit.update_helpers import LAYOUT, SECTOR, FakeImage, make_image, make_repo
+
+
+@dataclass
+class FileHost:
+    disk_path: Path
+    esp_path: Path
+    usrhash: str
+    version: str
+    reboots: list[str] = field(default_factory=list)
+
+    def booted_usrhash(self) -> str:
+        return self.usrhash
+
+    def running_version(self) -> Version:
+        return Version.parse(self.version)
+
+    def disk(self) -> BootDisk:
+        return BootDisk(self.disk_path)
+
+    def esp(self) -> Esp:
+        return Esp(self.esp_path, "berth")
+
+    def reboot(self) -> None:
+        self.reboots.append(self.version)
+
+
+@dataclass
+class World:
+    tmp: Path
+    a: FakeImage
+    b: FakeImage
+    repo: Repository
+    host: FileHost
+    agent: Agent
+
+    def uki_dir(self) -> Path:
+        return self.host.esp_path / "EFI" / "Linux"
+
+    def boot(self, image: FakeImage, rename: dict[str, str] | None = None) -> None:
+        """What systemd-boot + the kernel would leave behind after booting image."""
+        for old, new in (rename or {}).items():
+            (self.uki_dir() / old).rename(self.uki_dir() / new)
+        self.host.usrhash, self.host.version = image.usrhash, image.version
+
+
+def disk_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def region(path: Path, key: str) -> bytes:
+    start, size = LAYOUT[key]
+    with path.open("rb") as f:
+        f.seek(start * SECTOR)
+        return f.read(size * SECTOR)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    a = make_image(tmp_path / "image-a", "0.1.0")
+    b = make_image(tmp_path / "image-b", "0.2.0")
+    repo = make_repo(tmp_path)
+    esp = tmp_path / "esp"
+    (esp / "EFI" / "Linux").mkdir(parents=True)
+    (esp / "EFI" / "Linux" / "berth_0.1.0.efi").write_bytes(a.uki)
+    host = FileHost(a.folder / "disk.raw", esp, a.usrhash, "0.1.0")
+    settings = validate({"url": f"file://{repo.path}", "state_dir": str(tmp_path / "state"),
+                         "trusted_root": str(repo.path / "metadata" / "1.root.json")})
+    return World(tmp_path, a, b, repo, host, Agent(settings, host))
+
+
+def test_active_slot_is_the_one_that_booted(world: World) -> None:
+    table = BootDisk(world.host.disk_path).read_table()
+    slots = SlotTable.from_table(table, world.a.usrhash)
+    assert (slots.active.name, slots.active.version) == ("a", "0.1.0")
+    assert (slots.inactive.name, slots.inactive.version) == ("b", None)
+    with pytest.raises(SlotError, match="no slot holds the booted usrhash"):
+        SlotTable.from_table(table, world.b.usrhash)
+
+
+def test_apply_writes_the_inactive_slot_only_and_reboots_into_b(world: World) -> None:
+    make_release(world.b.folder, "0.2.0", world.repo)
+    disk = world.host.disk_path
+    before_a = (region(disk, "usr_a"), region(disk, "verity_a"), region(disk, "root"))
+
+    result = world.agent.apply()
+
+    assert result.state.phase is Phase.REBOOTING
+    assert world.host.reboots == ["0.1.0"]
+    assert (region(disk, "usr_a"), region(disk, "verity_a"), region(disk, "root")) == before_a
+    assert region(disk, "usr_b") == world.b.usr
+    assert region(disk, "verity_b").startswith(world.b.verity)
+    # An independent GPT reader sees B's labels and the UUIDs its usrhash names.
+    parts = json.loads(run(["sfdisk", "--json", str(disk)]).stdout)["partitiontable"]["partitions"]
+    data_uuid, hash_uuid = gpt.uuids_for_roothash(world.b.usrhash)
+    assert (parts[3]["name"], parts[3]["uuid"].lower()) == ("berth_0.2.0", str(data_uuid))
+    assert (parts[4]["name"], parts[4]["uuid"].lower()) == ("berth_0.2.0_verity", str(hash_uuid))
+    assert parts[1]["name"] == "berth_0.1.0"
+    ukis = sorted(p.name for p in world.uki_dir().iterdir())
+    assert ukis == ["berth_0.1.0.efi", "berth_0.2.0+3.efi"]
+    assert (world.uki_dir() / "berth_0.2.0+3.efi").read_bytes() == world.b.uki
+
+    # systemd-boot boots B (counting down), then systemd-bless-boot blesses it.
+    world.boot(world.b, {"berth_0.2.0+3.efi": "berth_0.2.0+2-1.efi"})
+    assert world.agent.apply().state.phase is Phase.VERIFYING
+    world.boot(world.b, {"berth_0.2.0+2-1.efi": "berth_0.2.0.efi"})
+    result = world.agent.apply()
+    assert result.state.phase is Phase.IDLE
+    assert result.decision is not None and result.decision.verdict is Verdict.UP_TO_DATE
+    assert world.host.reboots == ["0.1.0"]
+
+
+def test_rollback_marks_the_version_bad_and_it_is_never_installed_again(world: World) -> None:
+    make_release(world.b.folder, "0.2.0", world.repo)
+    world.agent.apply()
+    # B failed its health check on every try; systemd-boot went back to A.
+    world.boot(world.a, {"berth_0.2.0+3.efi": "berth_0.2.0+0-3.efi"})
+    state, _ = world.agent.resume()
+    assert state.phase is Phase.FAILED
+    assert state.bad_versions == ("0.2.0",)
+    assert state.last_error is not None and "rolled back to 0.1.0" in state.last_error
+    before = disk_digest(world.host.disk_path)
+    result = world.agent.apply()
+    assert result.decision is not None and result.decision.verdict is Verdict.KNOWN_BAD
+    assert disk_digest(world.host.disk_path) == before
+    assert world.host.reboots == ["0.1.0"]
+
+
+@pytest.mark.parametrize("attack", ["tampered", "expired", "downgrade"])
+def test_hostile_repository_changes_nothing(world: World, attack: str) -> None:
+    if attack == "downgrade":
+        old = make_image(world.tmp / "image-old", "0.0.9")
+        make_release(old.folder, "0.0.9", world.repo)
+    else:
+        make_release(world.b.folder, "0.2.0", world.repo)
+    if attack == "tampered":
+        for f in (world.repo.path / "targets" / "0.2.0").glob("*.usr.zst"):
+            f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))
+    if attack == "expired":
+        world.repo.refresh_timestamp(timedelta(seconds=-10))
+    disk_before = disk_digest(world.host.disk_path)
+    esp_before = sorted(p.name for p in world.uki_dir().iterdir())
+
+    if attack == "downgrade":
+        result = world.agent.apply()
+        assert result.decision is not None and result.decision.verdict is Verdict.DOWNGRADE
+        assert result.state.last_error is not None and "downgrade" in result.state.last_error
+    else:
+        with pytest.raises(CheckError, match=r"length/hash mismatch|expired"):
+            world.agent.apply()
+        assert world.agent.store.load().phase is Phase.FAILED
+
+    assert disk_digest(world.host.disk_path) == disk_before
+    assert sorted(p.name for p in world.uki_dir().iterdir()) == esp_before
+    assert world.host.reboots == []
