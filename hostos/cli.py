@@ -23,6 +23,10 @@ COMMAND_MODULES: list[str] = [
     "hostos.provision",
     "hostos.vm",
     "hostos.build",
+    "hostos.keys",
+    "hostos.release",
+    "hostos.update.cli",
+    "hostos.health",
 ]
 
 

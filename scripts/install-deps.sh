@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 DEBS=(
   # image build and QEMU harness
   qemu-system-x86 qemu-utils ovmf zstd curl ca-certificates xz-utils
+  # update tests: an independent GPT writer to check hostos.update.gpt against
+  fdisk
   # runtime and its tests
   libsystemd-dev pkg-config libseccomp2 nftables iproute2 busybox-static uidmap util-linux
   # peers: registry, crun/runc, podman, skopeo, dockerd, etcd
