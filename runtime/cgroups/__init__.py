@@ -193,6 +193,18 @@ class Cgroup:
                      pids_current=pids_current, pids_max=p[1], io_read_bytes=i[0],
                      io_write_bytes=i[1])
 
+    def try_remove(self) -> bool:
+        """rmdir now: True if gone (or never there), False while processes remain."""
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise OSError(e.errno, f"remove cgroup {self.path}: {e.strerror}") from e
+            return False
+        return True
+
     def remove(self, timeout: float = 5.0) -> None:
         """Kill what is left and rmdir; ENOENT means already done."""
         deadline = time.monotonic() + timeout

@@ -36,3 +36,7 @@ class InvalidRequest(ContainerError):
 
 class StartError(ContainerError):
     """The container could not be started (message as Docker words it)."""
+
+
+class NotModified(ContainerError):
+    """HTTP 304: already in the asked state (start of a running container)."""

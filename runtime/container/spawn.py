@@ -1,4 +1,4 @@
-"""`start`: clone a container's PID 1 into its namespaces and see it exec.
+"""Spawn: clone a container's PID 1 into its namespaces and see it exec.
 
 The parent's half of the handshake with init.py:
 
@@ -77,7 +77,8 @@ class Launch:
 
     def __init__(self, plan: ChildPlan, spec: rootfs.RootfsSpec | None, stdio: Stdio,
                  cgroup: Cgroup | None, idmap: IdMap | None, namespaces: Namespace,
-                 sys: Sys, join: tuple[tuple[int, Namespace], ...] = ()) -> None:
+                 sys: Sys, join: tuple[tuple[int, Namespace], ...] = (),
+                 pid_ns_fd: int = -1) -> None:
         self.plan = plan
         self.spec = spec
         self.stdio = stdio
@@ -86,6 +87,7 @@ class Launch:
         self.namespaces = namespaces
         self.sys = sys
         self.join = join
+        self.pid_ns_fd = pid_ns_fd
         self.pid = 0
         self.pidfd = -1
         self._mounted = False
@@ -103,7 +105,7 @@ class Launch:
                        stderr=self.stdio.stderr, go=go_r, copied=copied_w, error=err_w,
                        join=self.join)
         try:
-            pid = clone(self.namespaces)
+            pid = self._clone()
         except OSError as e:
             for fd in (go_r, copied_w, err_w):
                 if fd >= 0:
@@ -134,6 +136,24 @@ class Launch:
             if isinstance(e, OSError):
                 raise StartError(f"{e.strerror or e}") from e
             raise
+        return pid
+
+    def _clone(self) -> int:
+        if self.pid_ns_fd < 0:
+            return clone(self.namespaces)
+        # Joining a pid namespace only applies to children: switch ours for
+        # the clone, then back (our own active pid namespace is always allowed).
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.sys.setns(self.pid_ns_fd, Namespace.PID)
+            pid = clone(self.namespaces)
+        except BaseException:
+            self.sys.setns(own, Namespace.PID)
+            os.close(own)
+            raise
+        if pid != 0:
+            self.sys.setns(own, Namespace.PID)
+        os.close(own)
         return pid
 
     def finish(self) -> int:

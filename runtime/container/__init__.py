@@ -1,0 +1,1 @@
+"""The container engine: lifecycle verbs, one module each (see README.md)."""

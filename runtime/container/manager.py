@@ -1,0 +1,407 @@
+"""ContainerManager: the engine's async API (documented in README.md beside this file).
+
+It owns the live handles of every container (record + pidfd + log pumps)
+and delegates each lifecycle verb to its own module (create, start, kill,
+pause, delete, exec, adopt), as youki and crun do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import dataclasses
+import logging
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from runtime import cgroups
+from runtime.container import create as create_mod
+from runtime.container import delete as delete_mod
+from runtime.container import exec as exec_mod
+from runtime.container import kill as kill_mod
+from runtime.container import pause as pause_mod
+from runtime.container import start as start_mod
+from runtime.container.errors import Conflict, InvalidRequest, NoSuchContainer
+from runtime.container.network import NetworkProvider
+from runtime.container.spec import CreateRequest, ExecRequest, validate_name
+from runtime.container.state import State, Status, WaitCondition
+from runtime.events import EventBus
+from runtime.logs import LogDriver, LogEntry, LogOptions, open_driver
+from runtime.oci import ResolvedImage
+from runtime.store import containers as records
+from runtime.store.containers import ContainerRecord
+from runtime.store.db import open_db
+from runtime.sys import Sys
+from runtime.sys.libc import LibcSys, set_child_subreaper
+from runtime.volumes import VolumeStore
+
+log = logging.getLogger("berth.engine")
+
+
+class ImageResolver(Protocol):
+    def resolve(self, ref: str) -> ResolvedImage: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    root: Path                              # --data-root: records, upper dirs, logs, volumes
+    exec_root: Path                         # --exec-root: FIFOs, mount points, netns files
+    cgroup_root: Path | None = None         # None: <unified mount>/berth
+    userns: bool = True
+    subuid_base: int = 100000
+    subuid_count: int = 65536
+    log_driver: str = "auto"                # auto | journald | json-file
+    log_max_size: int = 10 << 20
+    log_max_files: int = 3
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    status_code: int
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class TopResult:
+    titles: tuple[str, ...]
+    processes: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    cgroup_root: Path
+    cgroup_controllers: tuple[str, ...]
+    cgroup_missing: tuple[str, ...]
+    warnings: tuple[str, ...]
+    log_driver: str
+    userns: bool
+    containers: int
+    running: int
+    paused: int
+    stopped: int
+
+
+@dataclass(eq=False)
+class Attach:
+    """-t: write stdin to pty_fd, read raw output from `output`; else use logs(follow=True)."""
+
+    container_id: str
+    pty_fd: int | None
+    output: asyncio.Queue[bytes] | None
+
+
+@dataclass(eq=False)
+class Container:
+    """The live handle: the record (a cache of state) and what watches the process."""
+
+    record: ContainerRecord
+    log: LogDriver
+    pidfd: int = -1
+    pty_master: int = -1
+    pumps: list[Any] = field(default_factory=list)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    removed: asyncio.Event = field(default_factory=asyncio.Event)
+    next_exit: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    restart_task: asyncio.Task[None] | None = None
+    oom_at_start: int = 0
+    consecutive_restarts: int = 0
+    is_child: bool = True
+    listeners: set[asyncio.Queue[bytes]] = field(default_factory=set)   # tty output fan-out
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def state(self) -> State:
+        return self.record.state
+
+
+class ContainerManager:
+    def __init__(self, config: EngineConfig, images: ImageResolver, events: EventBus,
+                 network: NetworkProvider | None = None, sys: Sys | None = None,
+                 db: sqlite3.Connection | None = None) -> None:
+        self.config = config
+        self.images = images
+        self.events = events
+        self.network = network
+        self.sys: Sys = sys or LibcSys()
+        self.db = db or open_db(config.root / "berth.db")
+        self.volumes = VolumeStore(config.root)
+        self.hierarchy = cgroups.Hierarchy(config.cgroup_root or cgroups.default_root())
+        self.containers: dict[str, Container] = {}
+        self.execs: dict[str, exec_mod.ExecSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        for d in (config.root / "containers", config.exec_root / "containers",
+                  config.exec_root / "netns"):
+            d.mkdir(parents=True, exist_ok=True)
+        # A container's init resolves its rootfs path as its own (mapped, unprivileged)
+        # root: the exec root must be searchable, not readable, by others.
+        for d in (config.exec_root, config.exec_root / "containers"):
+            d.chmod(0o711)
+
+    # --- lookup -----------------------------------------------------------
+
+    def get(self, ref: str) -> Container:
+        ref = ref.lstrip("/")
+        if ref in self.containers:
+            return self.containers[ref]
+        for c in self.containers.values():
+            if c.record.name == ref:
+                return c
+        matches = [c for c in self.containers.values() if ref and c.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidRequest(f"multiple IDs found with provided prefix: {ref}")
+        raise NoSuchContainer(ref)
+
+    def name_taken(self, name: str, except_id: str = "") -> bool:
+        return any(c.record.name == name and c.id != except_id for c in self.containers.values())
+
+    # --- bookkeeping used by the verb modules -------------------------------
+
+    def open_log(self, rec: ContainerRecord) -> LogDriver:
+        return open_driver(self.config.log_driver, rec.id, rec.name,
+                           self.config.root / "containers" / rec.id,
+                           self.config.log_max_size, self.config.log_max_files)
+
+    def data_dir(self, container_id: str) -> Path:
+        return self.config.root / "containers" / container_id
+
+    def run_dir(self, container_id: str) -> Path:
+        return self.config.exec_root / "containers" / container_id
+
+    def netns_path(self, container_id: str) -> Path:
+        return self.config.exec_root / "netns" / container_id
+
+    def save(self, c: Container, **state_changes: Any) -> None:
+        """Change the state (and/or record fields) in memory and on disk at once."""
+        rec = c.record
+        record_fields = {k: v for k, v in state_changes.items() if k.startswith("record_")}
+        changes = {k: v for k, v in state_changes.items() if not k.startswith("record_")}
+        if changes:
+            rec = dataclasses.replace(rec, state=dataclasses.replace(rec.state, **changes))
+        if record_fields:
+            rec = dataclasses.replace(rec, **{k[7:]: v for k, v in record_fields.items()})
+        records.save(self.db, rec)
+        c.record = rec
+
+    def publish(self, c: Container, action: str, **extra: str) -> None:
+        attrs = {"name": c.record.name, "image": c.record.image_ref, **dict(c.record.spec.labels)}
+        attrs.update(extra)
+        self.events.publish("container", action, c.id, attrs)
+
+    def spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- the API --------------------------------------------------------------
+
+    async def adopt(self) -> None:
+        """At daemon start: load records, re-adopt live containers, apply restart policies."""
+        from runtime.container import adopt as adopt_mod
+
+        with contextlib.suppress(OSError):
+            set_child_subreaper()
+        self.hierarchy.setup()
+        await adopt_mod.adopt_all(self)
+
+    async def create(self, req: CreateRequest) -> ContainerRecord:
+        if req.name is not None:
+            name = validate_name(req.name)
+            if self.name_taken(name):
+                other = next(c for c in self.containers.values() if c.record.name == name)
+                raise Conflict(f'Conflict. The container name "/{name}" is already in use by '
+                               f'container "{other.id}". You have to remove (or rename) that '
+                               f'container to be able to reuse that name.')
+        rec = create_mod.prepare(self, req)
+        c = Container(record=rec, log=self.open_log(rec))
+        c.stopped.set()
+        self.containers[rec.id] = c
+        records.save(self.db, rec)
+        self.publish(c, "create")
+        return rec
+
+    async def start(self, ref: str) -> None:
+        c = self.get(ref)
+        async with c.lock:
+            await start_mod.start(self, c)
+
+    async def stop(self, ref: str, timeout: float | None = None) -> None:
+        c = self.get(ref)
+        await kill_mod.stop(self, c, timeout)
+
+    async def kill(self, ref: str, signal: str | int = "SIGKILL") -> None:
+        await kill_mod.kill(self, self.get(ref), signal)
+
+    async def restart(self, ref: str, timeout: float | None = None) -> None:
+        c = self.get(ref)
+        if not c.state.status.can_restart():
+            raise Conflict(f"cannot restart container {c.id}: it is {c.state.status}")
+        if c.state.status.has_process:
+            await kill_mod.stop(self, c, timeout)
+        async with c.lock:
+            await start_mod.start(self, c)
+        self.publish(c, "restart")
+
+    async def pause(self, ref: str) -> None:
+        await pause_mod.pause(self, self.get(ref))
+
+    async def unpause(self, ref: str) -> None:
+        await pause_mod.unpause(self, self.get(ref))
+
+    async def wait(self, ref: str,
+                   condition: WaitCondition = WaitCondition.NOT_RUNNING) -> WaitResult:
+        c = self.get(ref)
+        if condition is WaitCondition.REMOVED:
+            await c.removed.wait()
+        elif condition is WaitCondition.NEXT_EXIT or c.state.status in (Status.RUNNING,
+                                                                         Status.PAUSED,
+                                                                         Status.RESTARTING):
+            # Each exit sets the current event and installs a fresh one.
+            await c.next_exit.wait()
+        return WaitResult(c.state.exit_code, c.state.error)
+
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        await delete_mod.remove(self, self.get(ref), force, volumes)
+
+    async def rename(self, ref: str, new_name: str) -> None:
+        c = self.get(ref)
+        name = validate_name(new_name)
+        if not c.state.status.can_rename():
+            raise Conflict(f"cannot rename container {c.id}: it is being removed")
+        if self.name_taken(name, except_id=c.id):
+            raise Conflict(f'Conflict. The container name "/{name}" is already in use')
+        old = c.record.name
+        self.save(c, record_name=name)
+        self.publish(c, "rename", oldName=f"/{old}")
+
+    def list(self, all: bool = False,
+             filters: Mapping[str, Sequence[str]] | None = None) -> list[ContainerRecord]:
+        out = []
+        for c in sorted(self.containers.values(), key=lambda c: -c.record.created):
+            if not all and not c.state.status.has_process and not (filters or {}).get("status"):
+                continue
+            if filters and not _matches(c.record, filters):
+                continue
+            out.append(c.record)
+        return out
+
+    def inspect(self, ref: str) -> ContainerRecord:
+        return self.get(ref).record
+
+    async def top(self, ref: str, ps_args: str = "-ef") -> TopResult:
+        return await pause_mod.top(self, self.get(ref), ps_args)
+
+    def stats(self, ref: str) -> cgroups.Stats:
+        c = self.get(ref)
+        return self.hierarchy.container(c.id).stats()
+
+    async def logs(self, ref: str, opts: LogOptions) -> AsyncIterator[LogEntry]:
+        c = self.get(ref)
+        async for entry in c.log.read(opts, lambda: c.state.status.has_process
+                                      or c.state.status is Status.RESTARTING):
+            yield entry
+
+    def attach(self, ref: str) -> Attach:
+        c = self.get(ref)
+        if c.pty_master < 0:
+            return Attach(c.id, None, None)
+        q: asyncio.Queue[bytes] = asyncio.Queue(1024)
+        c.listeners.add(q)
+        return Attach(c.id, c.pty_master, q)
+
+    def detach(self, att: Attach) -> None:
+        c = self.containers.get(att.container_id)
+        if c is not None and att.output is not None:
+            c.listeners.discard(att.output)
+
+    async def exec_create(self, ref: str, req: ExecRequest) -> str:
+        return exec_mod.create(self, self.get(ref), req)
+
+    async def exec_start(self, exec_id: str) -> exec_mod.ExecSession:
+        return await exec_mod.start(self, exec_id)
+
+    def exec_inspect(self, exec_id: str) -> exec_mod.ExecInfo:
+        return exec_mod.inspect(self, exec_id)
+
+    async def prune(self) -> builtins.list[str]:
+        gone = []
+        for c in list(self.containers.values()):
+            if c.state.status in (Status.EXITED, Status.CREATED, Status.DEAD):
+                await delete_mod.remove(self, c, force=False, volumes=False)
+                gone.append(c.id)
+        return gone
+
+    def info(self) -> EngineInfo:
+        states = [c.state.status for c in self.containers.values()]
+        return EngineInfo(
+            cgroup_root=self.hierarchy.root,
+            cgroup_controllers=tuple(sorted(self.hierarchy.available)),
+            cgroup_missing=tuple(c for c in cgroups.CONTROLLERS
+                                 if c not in self.hierarchy.available),
+            warnings=self.hierarchy.warnings, log_driver=self.open_log_kind(),
+            userns=self.config.userns, containers=len(states),
+            running=states.count(Status.RUNNING), paused=states.count(Status.PAUSED),
+            stopped=len(states) - states.count(Status.RUNNING) - states.count(Status.PAUSED))
+
+    def open_log_kind(self) -> str:
+        from runtime.logs import journald_running
+
+        if self.config.log_driver == "auto":
+            return "journald" if journald_running() else "json-file"
+        return self.config.log_driver
+
+    async def shutdown(self) -> None:
+        """Stop watching; containers keep running (their FIFOs keep their output)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for c in self.containers.values():
+            if c.restart_task is not None:
+                c.restart_task.cancel()
+            start_mod.detach_watchers(c)
+            c.log.close()
+        for session in self.execs.values():
+            exec_mod.detach(session)
+
+
+def _matches(rec: ContainerRecord, filters: Mapping[str, Sequence[str]]) -> bool:
+    for key, values in filters.items():
+        if not values:
+            continue
+        if key == "name" and not any(v.lstrip("/") in rec.name for v in values):
+            return False
+        if key == "id" and not any(rec.id.startswith(v) for v in values):
+            return False
+        if key == "status" and rec.state.status.value not in values:
+            return False
+        if key == "ancestor" and rec.image_ref not in values and rec.image_id not in values:
+            return False
+        if key == "label":
+            for v in values:
+                k, sep, want = v.partition("=")
+                if k not in rec.spec.labels or (sep and rec.spec.labels[k] != want):
+                    return False
+        if key == "exited" and not (rec.state.status is Status.EXITED
+                                    and str(rec.state.exit_code) in values):
+            return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

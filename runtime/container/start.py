@@ -1,0 +1,271 @@
+"""`start`: cgroup, stdio, spawn (spawn.py), network; and what happens at exit.
+
+At exit the daemon reaps through the pidfd, drains the log FIFOs, reads OOM
+kills from memory.events, tears down the run (cgroup, netns), records the
+exit and applies the restart policy with back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+from runtime import rootfs
+from runtime.cgroups import Resources
+from runtime.container import caps as caps_mod
+from runtime.container import restart as restart_mod
+from runtime.container.errors import Conflict, NotModified, StartError
+from runtime.container.init import ChildPlan
+from runtime.container.network import NetworkRequest
+from runtime.container.spawn import IdMap, Launch, Stdio, proc_start_time
+from runtime.container.state import Status
+from runtime.container.supervisor import LogPump, exit_status, open_fifo_pair, unwatch, watch_exit
+from runtime.seccomp import default_profile_bpf
+from runtime.sys import MountFlag, Namespace, Umount
+
+if TYPE_CHECKING:
+    from runtime.container.manager import Container, ContainerManager
+
+log = logging.getLogger("berth.engine")
+
+UNKNOWN_EXIT = 255
+UNKNOWN_EXIT_ERROR = ("exit status unknown: the container's process ended while it was not "
+                      "a child of this berthd (it exited during a daemon restart)")
+
+
+def resources(c: Container) -> Resources:
+    r = c.record.request
+    return Resources(memory=r.memory, memory_swap=r.memory_swap, nano_cpus=r.nano_cpus,
+                     cpu_shares=r.cpu_shares, pids_limit=r.pids_limit, io_weight=r.io_weight)
+
+
+def rootfs_spec(mgr: ContainerManager, c: Container) -> rootfs.RootfsSpec:
+    rec = c.record
+    data, run = mgr.data_dir(c.id), mgr.run_dir(c.id)
+    return rootfs.RootfsSpec(
+        layers=rec.layers, upper=str(data / "upper"), work=str(data / "work"),
+        rootfs=str(run / "rootfs"), staging=str(run / "stage"), volumes=rec.volumes,
+        read_only=rec.spec.read_only, idmap=rec.uid_base != 0,
+        new_netns=rec.spec.network_mode != "host")
+
+
+def exit_code_for(error: str) -> int:
+    # Docker: 127 when the command is not found, 126 when it cannot be run.
+    if "not found" in error or "no such file" in error:
+        return 127
+    if "permission denied" in error:
+        return 126
+    return 128
+
+
+async def start(mgr: ContainerManager, c: Container) -> None:
+    status = c.state.status
+    if status.has_process:
+        raise NotModified(f"container {c.id} is already running")
+    if not status.can_start() and status is not Status.RESTARTING:
+        raise Conflict(f"cannot start container {c.id}: it is {status}")
+    rec, spec = c.record, c.record.spec
+    cg = mgr.hierarchy.container(c.id)
+    warnings = cg.create(resources(c))
+    for w in warnings:
+        log.warning("container %s: %s", c.id[:12], w)
+    c.oom_at_start = cg.oom_kills()
+    run = mgr.run_dir(c.id)
+    run.mkdir(parents=True, exist_ok=True)
+    parent_fds: list[int] = []
+    child_fds: list[int] = []
+    try:
+        if spec.tty:
+            master, slave = os.openpty()
+            os.set_inheritable(slave, False)
+            parent_fds.append(master)
+            child_fds.append(slave)
+            stdio = Stdio(slave, slave, slave)
+        else:
+            out_r, out_w = open_fifo_pair(run / "stdout")
+            err_r, err_w = open_fifo_pair(run / "stderr")
+            null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            parent_fds += [out_r, err_r]
+            child_fds += [out_w, err_w, null]
+            stdio = Stdio(null, out_w, err_w)
+        idmap = IdMap(rec.uid_base, mgr.config.subuid_count) if rec.uid_base else None
+        ns = Namespace.PID | Namespace.UTS | Namespace.IPC
+        if idmap is not None:
+            ns |= Namespace.USER
+        if spec.network_mode != "host":
+            ns |= Namespace.NET
+        rspec = rootfs_spec(mgr, c)
+        cap_set = caps_mod.resolve(spec.cap_add, spec.cap_drop)
+        plan = ChildPlan(
+            steps=tuple(rootfs.container_plan(rspec)), args=spec.args, env=spec.env,
+            user=spec.user, working_dir=spec.working_dir, hostname=spec.hostname, caps=cap_set,
+            seccomp_bpf=None if spec.seccomp == "unconfined" else default_profile_bpf(cap_set),
+            userns=idmap is not None, unshare=Namespace.MOUNT | Namespace.CGROUP, tty=spec.tty)
+        launch = Launch(plan, rspec, stdio, cg, idmap, ns, mgr.sys)
+        pid = launch.begin()
+        try:
+            if spec.network_mode not in ("none", "host") and mgr.network is not None:
+                result = await _setup_network(mgr, c, pid)
+                mgr.save(c, record_network=result)
+            pidfd = launch.finish()
+        except BaseException:
+            launch.abort()
+            raise
+    except (StartError, OSError) as e:
+        for fd in parent_fds:
+            os.close(fd)
+        message = str(e) if isinstance(e, StartError) else f"{e.strerror or e}"
+        await teardown_run(mgr, c)
+        mgr.save(c, exit_code=exit_code_for(message), error=message, pid=0)
+        raise StartError(message) from e
+    finally:
+        for fd in child_fds:
+            os.close(fd)
+    c.pidfd = pidfd
+    c.is_child = True
+    c.stopped.clear()
+    if spec.tty:
+        c.pty_master = parent_fds[0]
+        c.pumps = [LogPump(parent_fds[0], "stdout", c.log, on_data=lambda b: _fan_out(c, b))]
+    else:
+        c.pumps = [LogPump(parent_fds[0], "stdout", c.log),
+                   LogPump(parent_fds[1], "stderr", c.log)]
+    mgr.save(c, status=Status.RUNNING, pid=pid, pid_start_time=proc_start_time(pid),
+             started_at=time.time(), exit_code=0, error="", oom_killed=False,
+             stopped_by_user=False)
+    watch_exit(pidfd, lambda: on_exit(mgr, c))
+    mgr.publish(c, "start")
+
+
+def _fan_out(c: Container, data: bytes) -> None:
+    for q in list(c.listeners):
+        if q.full():
+            q.get_nowait()
+        q.put_nowait(data)
+
+
+async def _setup_network(mgr: ContainerManager, c: Container, pid: int) -> object:
+    assert mgr.network is not None
+    path = mgr.netns_path(c.id)
+    path.touch(exist_ok=True)
+    mgr.sys.mount(f"/proc/{pid}/ns/net", str(path), None, MountFlag.BIND)
+    spec = c.record.spec
+    req = NetworkRequest(c.id, c.record.name, spec.hostname, spec.network_mode,
+                         c.record.request.network_options)
+    result = await mgr.network.setup(c.id, path, req)
+    from runtime.container.codec import to_jsonable
+
+    return to_jsonable(result)
+
+
+async def teardown_run(mgr: ContainerManager, c: Container) -> None:
+    """Undo what a run left: network, netns file, cgroup, run dir. Idempotent."""
+    if mgr.network is not None and c.record.spec.network_mode not in ("none", "host"):
+        try:
+            await mgr.network.teardown(c.id)
+        except Exception as e:
+            log.warning("container %s: network teardown: %s", c.id[:12], e)
+    path = mgr.netns_path(c.id)
+    with contextlib.suppress(OSError):
+        mgr.sys.umount(str(path), Umount.DETACH)
+    path.unlink(missing_ok=True)
+    cg = mgr.hierarchy.container(c.id)
+    deadline = time.monotonic() + 10
+    while not cg.try_remove():
+        cg.kill()
+        if time.monotonic() > deadline:
+            log.warning("container %s: cgroup %s still busy", c.id[:12], cg.path)
+            break
+        await asyncio.sleep(0.01)
+    spec = rootfs_spec(mgr, c)
+    rootfs.detach_all(rootfs.host_teardown(spec), mgr.sys)
+    shutil.rmtree(mgr.run_dir(c.id), ignore_errors=True)
+
+
+def detach_watchers(c: Container) -> None:
+    """Stop watching without touching the process (daemon shutdown)."""
+    if c.pidfd >= 0:
+        unwatch(c.pidfd)
+        os.close(c.pidfd)
+        c.pidfd = -1
+    for pump in c.pumps:
+        pump.on_eof = None
+        pump.close()
+    c.pumps = []
+
+
+def on_exit(mgr: ContainerManager, c: Container) -> None:
+    code = exit_status(c.pidfd) if c.is_child else None
+    os.close(c.pidfd)
+    c.pidfd = -1
+    for pump in c.pumps:
+        pump.drain()
+        pump.close()
+    c.pumps = []
+    if c.pty_master >= 0:
+        c.pty_master = -1  # closed by its pump
+    cg = mgr.hierarchy.container(c.id)
+    oom = cg.oom_kills() > c.oom_at_start
+    error = "" if code is not None else UNKNOWN_EXIT_ERROR
+    exit_code = code if code is not None else UNKNOWN_EXIT
+    ran = time.time() - c.state.started_at
+    restart = restart_mod.should_restart(c.record.request.restart_policy, exit_code,
+                                         c.state.restart_count, c.state.stopped_by_user)
+    mgr.save(c, status=Status.RESTARTING if restart else Status.EXITED, exit_code=exit_code,
+             oom_killed=oom, finished_at=time.time(), pid=0, pid_start_time=0, error=error)
+    if oom:
+        mgr.publish(c, "oom")
+    mgr.publish(c, "die", exitCode=str(exit_code))
+    mgr.spawn_task(_after_exit(mgr, c, restart, ran))
+
+
+async def _after_exit(mgr: ContainerManager, c: Container, restart: bool, ran: float) -> None:
+    await teardown_run(mgr, c)
+    if not restart:
+        c.stopped.set()
+        _signal_exit(c)
+        if c.record.request.auto_remove:
+            from runtime.container import delete
+
+            await delete.remove(mgr, c, force=True, volumes=True)
+        return
+    _signal_exit(c)
+    if ran > restart_mod.RESET_AFTER:
+        c.consecutive_restarts = 0
+    delay = restart_mod.backoff(c.consecutive_restarts)
+    c.consecutive_restarts += 1
+    c.restart_task = mgr.spawn_task(_restart_later(mgr, c, delay))
+
+
+def _signal_exit(c: Container) -> None:
+    ev, c.next_exit = c.next_exit, asyncio.Event()
+    ev.set()
+
+
+async def _restart_later(mgr: ContainerManager, c: Container, delay: float) -> None:
+    await asyncio.sleep(delay)
+    async with c.lock:
+        if c.state.status is not Status.RESTARTING:
+            return
+        mgr.save(c, restart_count=c.state.restart_count + 1)
+        try:
+            await start(mgr, c)
+        except StartError as e:
+            log.warning("container %s: restart failed: %s", c.id[:12], e)
+            again = restart_mod.should_restart(c.record.request.restart_policy,
+                                               c.state.exit_code, c.state.restart_count,
+                                               c.state.stopped_by_user)
+            if again:
+                delay = restart_mod.backoff(c.consecutive_restarts)
+                c.consecutive_restarts += 1
+                c.restart_task = mgr.spawn_task(_restart_later(mgr, c, delay))
+            else:
+                mgr.save(c, status=Status.EXITED)
+                c.stopped.set()
+            return
+    mgr.publish(c, "restart")
