@@ -86,11 +86,12 @@ def render_resolv_conf(nameservers: Sequence[str], search: Sequence[str] = (),
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    # Rename for atomicity (a reader never sees half a file); no fsync: these
+    # live under the exec root (tmpfs) and are rewritten at every start, and an
+    # fsync per file cost more than the whole netlink setup.
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 

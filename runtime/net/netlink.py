@@ -12,6 +12,7 @@ switches namespace, and a socket keeps the namespace it was opened in.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import os
@@ -29,6 +30,7 @@ from runtime.net.model import NetError
 
 T = TypeVar("T")
 
+LOOPBACK_IFINDEX = 1  # lo is ifindex 1 in every network namespace
 HOST_IF_PREFIX = "vb"
 """Host ends of container veths: `vb` + 11 hex (IFNAMSIZ allows 15 characters)."""
 USER_BRIDGE_PREFIX = "br-"
@@ -64,6 +66,37 @@ def in_netns(netns: Path | None, fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
+
+
+async def run_in_netns(netns: Path, fn: Callable[[], T]) -> T:
+    """Await fn run in a fresh thread inside netns: one thread hop, no pool thread
+    ever changes namespace."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: T | None, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd)
+            finally:
+                os.close(fd)
+            value = fn()
+        except BaseException as e:  # handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, e)
+        else:
+            loop.call_soon_threadsafe(settle, value, None)
+
+    threading.Thread(target=work, name=f"netns:{netns.name}", daemon=True).start()
+    return await fut
 
 
 def _ignore(codes: tuple[int, ...], fn: Callable[[], object]) -> bool:
@@ -177,17 +210,41 @@ class Netlink:
                     out.append(str(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False)))
             return out
 
-    def attach(self, *, bridge: str, host_ifname: str, netns: Path, ifname: str, mac: str,
-               address: str, prefixlen: int, gateway: str | None) -> None:
+    async def attach(self, *, bridge: str, host_ifname: str, netns: Path, ifname: str,
+                     mac: str, address: str, prefixlen: int, gateway: str | None) -> None:
         """A veth pair: host end in the bridge, peer as `ifname` in the container's
         namespace with its address, up, and (if gateway) the default route.
 
-        The pair is created with its peer already in the container's namespace,
-        in the bridge and up, in one netlink request; the container side then
-        takes three more (address, up, route) on a socket opened in its namespace.
+        All of it runs in one thread that has entered the container's namespace:
+        the pair is created through the host socket (opened earlier in the host
+        namespace; a socket keeps its namespace) with its peer already in the
+        container's namespace, in the bridge and up, in one request; the
+        container side takes three more on a socket opened where the thread is.
         """
+        if self._ipr is None:
+            await asyncio.to_thread(self._host)
+
+        def work() -> None:
+            self._create_veth(bridge, host_ifname, netns, ifname, mac)
+            try:
+                with IPRoute() as cipr:
+                    idx = cipr.link_lookup(ifname=ifname)[0]
+                    cipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+                    cipr.link("set", index=idx, state="up")
+                    cipr.link("set", index=LOOPBACK_IFINDEX, state="up")
+                    if gateway:
+                        cipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+            except (NetlinkError, OSError, IndexError) as e:
+                self.delete_link(host_ifname)
+                raise NetlinkFailed(f"configure {ifname} ({address}) in {netns}", e) from e
+
+        await run_in_netns(netns, work)
+
+    def _create_veth(self, bridge: str, host_ifname: str, netns: Path, ifname: str,
+                     mac: str) -> None:
         with self._lock:
-            ipr = self._host()
+            ipr = self._ipr
+            assert ipr is not None
             br = self._index(bridge)
             if br is None:
                 raise NetError(f"bridge {bridge} is missing (restart berthd to reconcile)")
@@ -199,20 +256,3 @@ class Netlink:
                 raise NetlinkFailed(f"create veth {host_ifname} into {netns}", e) from e
             finally:
                 os.close(fd)
-
-        def configure() -> None:
-            with IPRoute() as cipr:
-                (idx,) = cipr.link_lookup(ifname=ifname)
-                cipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
-                cipr.link("set", index=idx, state="up")
-                lo = cipr.link_lookup(ifname="lo")
-                if lo:
-                    cipr.link("set", index=lo[0], state="up")
-                if gateway:
-                    cipr.route("add", dst="0.0.0.0/0", gateway=gateway)
-
-        try:
-            in_netns(netns, configure)
-        except (NetlinkError, OSError, ValueError) as e:
-            self.delete_link(host_ifname)
-            raise NetlinkFailed(f"configure {ifname} ({address}) in {netns}", e) from e

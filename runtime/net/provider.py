@@ -318,8 +318,8 @@ class NetworkService:
             ifname=f"eth{n}", static_ip=a.ip)
         route = (n == 0) if default_route is None else default_route
         try:
-            await asyncio.to_thread(
-                self.netlink.attach, bridge=net.bridge, host_ifname=host_ifname,
+            await self.netlink.attach(
+                bridge=net.bridge, host_ifname=host_ifname,
                 netns=netns_path, ifname=ep.ifname, mac=ep.mac, address=ep.address,
                 prefixlen=ep.prefixlen, gateway=net.gateway if route and not net.internal
                 else None)
