@@ -208,8 +208,9 @@ class RegistryClient:
             async with self.session.get(url, headers=hdrs) as resp:
                 body = await resp.content.read(1 << 20)
                 if resp.status != 200:
+                    hint = "" if creds else f"; run `berth login {domain}`"
                     raise Unauthorized(where, f"token server {ch.params['realm']} said "
-                                       f"{_error_text(body, resp.status)}")
+                                       f"{_error_text(body, resp.status)}{hint}")
         except (aiohttp.ClientError, TimeoutError) as e:
             raise Unauthorized(where, f"token server {ch.params['realm']}: {e}") from None
         try:
@@ -323,6 +324,9 @@ class RegistryClient:
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
                         TimeoutError) as e:
                     last = f"{type(e).__name__}: {e or 'stalled'}"
+                except BlobError as e:
+                    progress.done(desc.digest, "Failed")
+                    raise RegistryError(where, str(e)) from None
                 finally:
                     resp.release()
                 log.info("%s: %s; resuming at byte %d (%d/%d)", where, last, w.offset,

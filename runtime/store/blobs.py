@@ -92,6 +92,7 @@ class BlobWriter:
 
     def write(self, data: bytes) -> None:
         if self.expected_size is not None and self.offset + len(data) > self.expected_size:
+            self._keep_partial = False  # more bytes than announced: never resume from them
             raise SizeMismatch(self.expected or "?", self.expected_size,
                                self.offset + len(data), self.source)
         self._f.write(data)
