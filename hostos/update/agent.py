@@ -16,8 +16,11 @@ whether it may reboot. Every phase change is saved before the next step.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -114,6 +117,21 @@ class Agent:
         self.fleet = fleet
         self.store = StateStore(settings.state_dir)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """One agent at a time (the timer's run and an operator's): later ones wait."""
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.settings.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another hostos update run holds the lock; waiting for it")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def observe(self) -> Observed:
         return Observed(self.host.booted_usrhash(), self.host.running_version(),
                         tuple(self.host.esp().entries()))
@@ -142,6 +160,14 @@ class Agent:
         return state, seen
 
     def check(self) -> RunResult:
+        with self.locked():
+            return self._check()
+
+    def apply(self) -> RunResult:
+        with self.locked():
+            return self._apply()
+
+    def _check(self) -> RunResult:
         state, seen = self.resume()
         if state.phase not in (Phase.IDLE, Phase.DONE, Phase.FAILED, Phase.CHECKING):
             return RunResult(state, None, f"an update is in progress ({state.phase})")
@@ -150,7 +176,7 @@ class Agent:
         d = decide(release, seen.booted_version, seen.booted_usrhash, state.bad_versions)
         return RunResult(state, d, d.reason)
 
-    def apply(self) -> RunResult:
+    def _apply(self) -> RunResult:
         state, seen = self.resume()
         if state.phase in (Phase.STAGED, Phase.REBOOTING):
             return self._reboot(state, seen, None)

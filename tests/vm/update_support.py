@@ -1,0 +1,175 @@
+"""Shared by the update VM tests: images A and B, a TUF repo over HTTP, guest helpers.
+
+The repository is served by python's http.server on 127.0.0.1 (random
+port); the guest reaches it as http://10.0.3.100/ through a second
+user-mode NIC whose guestfwd runs a tiny stdin/stdout proxy per connection
+(restrict=on everywhere: the guest reaches nothing else). UEFI boot with a
+persistent disk and EFI variables, so systemd-boot's boot counting and the
+A/B switch are the real ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from hostos.artifacts import ImageArtifacts, load_image
+from qemu.machine import Machine
+from runtime.run import run
+from tests.vm.conftest import ROOT
+
+IMAGE_A = Path(os.environ.get("BERTH_UPDATE_IMAGE_A", ROOT / "build" / "image-upd-a"))
+IMAGE_B = Path(os.environ.get("BERTH_UPDATE_IMAGE_B", ROOT / "build" / "image-b"))
+REPO_ADDR = "10.0.3.100"
+PROXY = """\
+import os, selectors, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sel = selectors.DefaultSelector()
+sel.register(0, selectors.EVENT_READ)
+sel.register(s, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        if key.fileobj == 0:
+            data = os.read(0, 65536)
+            if not data:
+                sel.unregister(0)
+                s.shutdown(socket.SHUT_WR)
+            else:
+                s.sendall(data)
+        else:
+            data = s.recv(65536)
+            if not data:
+                sys.exit(0)
+            os.write(1, data)
+"""
+
+
+def build(folder: Path, version: str) -> ImageArtifacts:
+    # Builds only if missing or stale (inputs hashed); queues on the build lock.
+    run([sys.executable, "-m", "hostos", "build", "--version", version, "--output", folder],
+        capture=False, cwd=ROOT, timeout=3600)
+    return load_image(folder)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Served:
+    """The folder the test HTTP server serves; tests switch it between repo variants."""
+
+    folder: Path
+    port: int = 0
+
+
+@contextlib.contextmanager
+def start_http_server(served: Served) -> Iterator[Served]:
+    def handler(*args: Any, **kwargs: Any) -> QuietHandler:
+        return QuietHandler(*args, directory=str(served.folder), **kwargs)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    served.port = server.server_address[1]
+    try:
+        yield served
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def repo_nic_args(proxy: Path, port: int) -> tuple[str, ...]:
+    fwd = f"guestfwd=tcp:{REPO_ADDR}:80-cmd:{sys.executable} {proxy} {port}"
+    return ("-netdev", f"user,id=net1,net=10.0.3.0/24,restrict=on,{fwd}",
+            "-device", "virtio-net-pci,netdev=net1,mac=52:54:00:12:34:99")
+
+
+def configure(m: Machine, root_json: Path, tries: int = 3) -> None:
+    root = root_json.read_text()
+    m.check("mkdir -p /etc/hostos/update.d /etc/hostos/tuf")
+    m.check(f"cat > /etc/hostos/tuf/root.json <<'EOF'\n{root}\nEOF")
+    m.check("cat > /etc/hostos/update.d/90-test.toml <<'EOF'\n[update]\n"
+            f'url = "http://{REPO_ADDR}/"\nboot_tries = {tries}\nEOF')
+
+
+def status(m: Machine) -> dict:  # type: ignore[type-arg]
+    return json.loads(m.check("hostos update status --json --no-fleet", timeout=120))
+
+
+def wait_blessed(m: Machine, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, _ = m.run("systemctl is-active --quiet boot-complete.target")
+        if code == 0:
+            code, out = m.run("/usr/lib/systemd/systemd-bless-boot status")
+            if out.strip() in ("good", "clean"):
+                return
+        time.sleep(3)
+    raise AssertionError("the boot was not blessed in time:\n"
+                         + m.check("systemctl --failed --no-legend; "
+                                   "journalctl -b -u hostos-health --no-pager | tail -20"))
+
+
+
+
+def sha_of_inactive(m: Machine, slot_devices: tuple[str, ...] = ("/dev/vda4", "/dev/vda5")) -> str:
+    """Hashes of the inactive slot's partitions plus the GPT: what an update would change."""
+    return m.check(f"sha256sum {' '.join(slot_devices)}; "
+                   "dd if=/dev/vda bs=512 count=34 status=none | sha256sum", timeout=600)
+
+
+def patch_uki_cmdline(src: Path, dst: Path, extra: str) -> str:
+    """Copy a UKI, appending `extra` to its .cmdline PE section; returns the new command line.
+
+    Used to make a broken release on purpose (a bad kernel command line is a
+    realistic way for a release to boot but not come up healthy). The text
+    must fit in the section's file padding; unsigned UKIs only.
+    """
+    data = bytearray(src.read_bytes())
+    pe = struct.unpack_from("<I", data, 0x3C)[0]
+    assert data[pe:pe + 4] == b"PE\0\0", f"{src} is not a PE file"
+    nsections, opt_size = struct.unpack_from("<H", data, pe + 6)[0], struct.unpack_from(
+        "<H", data, pe + 20)[0]
+    table = pe + 24 + opt_size
+    sections = []
+    for i in range(nsections):
+        off = table + 40 * i
+        name = bytes(data[off:off + 8]).rstrip(b"\0").decode()
+        vsize, vaddr, rawsize, rawptr = struct.unpack_from("<IIII", data, off + 8)
+        sections.append((name, off, vsize, vaddr, rawsize, rawptr))
+    name, off, vsize, vaddr, rawsize, rawptr = next(s for s in sections if s[0] == ".cmdline")
+    old = bytes(data[rawptr:rawptr + vsize]).rstrip(b"\0").decode()
+    new = f"{old.strip()} {extra}".encode()
+    next_va = min((s[3] for s in sections if s[3] > vaddr), default=vaddr + rawsize)
+    assert len(new) <= rawsize and vaddr + len(new) <= next_va, "no room in .cmdline"
+    data[rawptr:rawptr + rawsize] = new.ljust(rawsize, b"\0")
+    struct.pack_into("<I", data, off + 8, len(new))
+    dst.write_bytes(bytes(data))
+    return new.decode()
+
+
+def broken_release_image(image: ImageArtifacts, folder: Path, extra: str) -> Path:
+    """An image folder like `image` whose UKI boots with `extra` on its command line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uki = folder / image.uki.name
+    cmdline = patch_uki_cmdline(image.uki, uki, extra)
+    data = json.loads((image.folder / "berth.json").read_text())
+    for key in ("disk", "kernel", "initrd", "manifest"):
+        data[key] = str(getattr(image, key))
+    data["uki"] = uki.name
+    data["cmdline"] = cmdline
+    (folder / "berth.json").write_text(json.dumps(data))
+    return folder
