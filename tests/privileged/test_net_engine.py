@@ -1,0 +1,152 @@
+"""Networking through the real container engine: busybox containers started by
+ContainerManager, their bridge side in the test's namespace (the "host")."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.container.manager import ContainerManager, EngineConfig
+from runtime.container.spec import CreateRequest
+from runtime.events import EventBus
+from runtime.net.engine import EngineNetwork
+from runtime.net.options import options_from_docker
+from runtime.net.provider import NetworkService
+from runtime.store.archive import import_rootfs
+from runtime.store.db import open_db
+from runtime.store.images import ImageStore
+from tests.privileged.conftest import NetNS
+from tests.privileged.images import busybox_rootfs_tar
+from tests.privileged.net_helpers import LoopThread
+
+
+@dataclass
+class Engine:
+    loop: LoopThread
+    ns: NetNS
+    root: Path
+    images: ImageStore
+    svc: NetworkService
+    mgr: ContainerManager
+
+    def run(self, name: str, cmd: tuple[str, ...], body: dict[str, Any]) -> str:
+        async def go() -> str:
+            c = await self.mgr.create(CreateRequest(
+                image="busybox", name=name, cmd=cmd, network_mode="bridge",
+                network_options=options_from_docker(body)))
+            await self.mgr.start(c.id)
+            return c.id
+        return self.loop.call(go())
+
+    def curl(self, url: str) -> str:
+        for _ in range(30):  # the server in the container may still be starting
+            r = self.ns.run("curl", "-sS", "-m", "2", url, check=False)
+            if r.returncode == 0:
+                return r.stdout
+            time.sleep(0.1)
+        return f"FAILED: {r.stderr.strip()}"
+
+
+def open_engine(loop: LoopThread, ns: NetNS, root: Path, images: ImageStore) -> Engine:
+    async def make() -> Engine:
+        db = open_db(root / "data" / "berth.db")
+        (root / "resolv.conf").write_text("")
+        svc = NetworkService(db, host_netns=Path(ns.path), resolv_conf=root / "resolv.conf")
+        await svc.start()
+        mgr = ContainerManager(EngineConfig(root=root / "data", exec_root=root / "run"),
+                               images=images, events=EventBus(),
+                               network=EngineNetwork(svc, root / "run" / "net"), db=db)
+        await mgr.adopt()
+        await svc.reconcile({c.id for c in mgr.list(all=False)})
+        return Engine(loop, ns, root, images, svc, mgr)
+    return loop.call(make())
+
+
+@pytest.fixture
+def engine(netns: NetNS) -> Iterator[Engine]:
+    # Containers' mapped root must traverse to the exec root: pytest's tmp_path
+    # sits under a 0700 folder, so a 0711 one of our own.
+    tmp_path = Path(tempfile.mkdtemp(prefix="berth-net-engine-"))
+    tmp_path.chmod(0o711)
+    images = ImageStore(tmp_path / "data")
+    with busybox_rootfs_tar(tmp_path / "busybox.tar").open("rb") as f:
+        import_rootfs(images, f, tag="busybox:latest")
+    loop = LoopThread()
+    eng = open_engine(loop, netns, tmp_path, images)
+    try:
+        yield eng
+    finally:
+        async def down() -> None:
+            for c in eng.mgr.list(all=True):
+                await eng.mgr.remove(c.id, force=True)
+            await eng.mgr.shutdown()
+            await eng.svc.destroy()
+        loop.call(down())
+        loop.stop()
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def host_links(ns: NetNS) -> list[str]:
+    return [line.split(":")[1].strip().split("@")[0]
+            for line in ns.run("ip", "-o", "link").stdout.splitlines()]
+
+
+def test_published_ports_of_a_container_reach_its_http_server(engine: Engine) -> None:
+    cid = engine.run("web", ("httpd", "-f", "-p", "80", "-h", "/etc"), {
+        "ExposedPorts": {"80/tcp": {}},
+        "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": ""}, {"HostPort": "8080"}]}}})
+    ports = engine.svc.ports(cid)
+    random_port = next(p.binding.host_port for p in ports if p.binding.host_port != 8080)
+    assert engine.curl(f"http://127.0.0.1:{random_port}/passwd").startswith("root:")
+    assert engine.curl("http://127.0.0.1:8080/passwd").startswith("root:")
+    gw = engine.svc.endpoints(cid)[0].gateway
+    assert engine.curl(f"http://{gw}:8080/passwd").startswith("root:")
+
+
+def test_rm_force_of_everything_leaves_nothing(engine: Engine) -> None:
+    before = host_links(engine.ns)
+    ids = [engine.run(f"c{i}", ("sleep", "60"), {
+        "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": ""}]}}}) for i in range(3)]
+    assert len([n for n in host_links(engine.ns) if n.startswith("vb")]) == 3
+
+    async def rm_all() -> None:
+        for cid in ids:
+            await engine.mgr.remove(cid, force=True)
+    engine.loop.call(rm_all())
+    assert host_links(engine.ns) == before
+    assert "dnat to" not in engine.ns.run("nft", "list", "table", "ip", "berth").stdout
+    assert list((engine.root / "run" / "netns").iterdir()) == []
+    assert all(engine.svc.endpoints(cid) == [] for cid in ids)
+
+
+def test_a_failed_start_leaves_nothing(engine: Engine) -> None:
+    engine.run("first", ("sleep", "60"),
+               {"HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}})
+    before = host_links(engine.ns)
+    with pytest.raises(Exception, match="already allocated"):
+        engine.run("second", ("sleep", "60"),
+                   {"HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}})
+    assert host_links(engine.ns) == before
+    second = engine.mgr.inspect("second")
+    assert engine.svc.endpoints(second.id) == []
+
+
+def test_daemon_restart_keeps_published_ports(engine: Engine) -> None:
+    engine.run("web", ("httpd", "-f", "-p", "80", "-h", "/etc"),
+               {"HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}})
+    assert engine.curl("http://127.0.0.1:8080/passwd").startswith("root:")
+
+    async def stop() -> None:
+        await engine.mgr.shutdown()  # containers keep running
+        await engine.svc.close()
+    engine.loop.call(stop())
+    again = open_engine(engine.loop, engine.ns, engine.root, engine.images)
+    engine.svc, engine.mgr = again.svc, again.mgr
+    assert engine.curl("http://127.0.0.1:8080/passwd").startswith("root:")
