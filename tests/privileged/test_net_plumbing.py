@@ -196,7 +196,6 @@ def test_restart_after_kill_keeps_ports_and_cleans_what_died(net: Lab) -> None:
     net.service = net.new_service()
     gone = net.loop.call(net.service.reconcile({net.cid(web)}))
     assert gone == [net.cid(ghost)]
-    net.containers.remove(ghost)
     assert curl(net, "http://127.0.0.1:8080/") == "hello from web\n"
     links = net.host("ip", "-o", "link").stdout
     assert "vbdeadbeef" not in links
