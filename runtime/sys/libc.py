@@ -210,8 +210,8 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> Non
     _check(_libc.prctl(option, arg2, arg3, 0, 0), what)
 
 
-def set_child_subreaper() -> None:
-    prctl(PR_SET_CHILD_SUBREAPER, 1, what="prctl PR_SET_CHILD_SUBREAPER")
+def set_child_subreaper(on: bool = True) -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, int(on), what="prctl PR_SET_CHILD_SUBREAPER")
 
 
 def set_no_new_privs() -> None:

@@ -19,6 +19,7 @@ from runtime.container.manager import ContainerManager
 from runtime.container.spec import ExecRequest
 from runtime.container.start import UNKNOWN_EXIT, UNKNOWN_EXIT_ERROR
 from runtime.container.state import Status
+from runtime.sys.libc import set_child_subreaper
 from tests.privileged.conftest import NetNS
 from tests.privileged.engine_env import IMAGE, EngineEnv, engine_env, leaks, output
 
@@ -65,6 +66,9 @@ def env(netns: NetNS, tmp_path: Path) -> Iterator[EngineEnv]:
 
 
 def test_kill_9_of_the_daemon_then_readoption(env: EngineEnv) -> None:
+    # As under systemd: the dead daemon's containers go to init, not to the next
+    # daemon (this test process may be a subreaper from an earlier engine test).
+    set_child_subreaper(False)
     argv = env.netns.argv(sys.executable, "-c", FIRST_DAEMON, str(env.root), str(env.exec_root),
                           str(env.cgroup_root), IMAGE, str(IDLE))
     daemon = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
