@@ -3,7 +3,12 @@ ContainerManager, their bridge side in the test's namespace (the "host")."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -150,3 +155,53 @@ def test_daemon_restart_keeps_published_ports(engine: Engine) -> None:
     again = open_engine(engine.loop, engine.ns, engine.root, engine.images)
     engine.svc, engine.mgr = again.svc, again.mgr
     assert engine.curl("http://127.0.0.1:8080/passwd").startswith("root:")
+
+
+def start_daemon(ns: NetNS, root: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    proc = subprocess.Popen(
+        ns.argv(sys.executable, "-m", "tests.privileged.net_daemon", str(root), *args),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        text=True, cwd=Path(__file__).resolve().parents[2])
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("READY "), f"mini daemon failed: {line!r}"
+    return proc, json.loads(line[6:])
+
+
+def test_kill_9_of_the_daemon_and_restart_keeps_published_ports(netns: NetNS) -> None:
+    root = Path(tempfile.mkdtemp(prefix="berth-net-kill-"))
+    root.chmod(0o711)
+    try:
+        images = ImageStore(root / "data")
+        with busybox_rootfs_tar(root / "busybox.tar").open("rb") as f:
+            import_rootfs(images, f, tag="busybox:latest")
+        first, started = start_daemon(netns, root, "--run", "web:8080", "--run", "ghost:8081")
+        probe = Engine(LoopThread(), netns, root, images, None, None)  # type: ignore[arg-type]
+        try:
+            assert probe.curl("http://127.0.0.1:8080/passwd").startswith("root:")
+            assert probe.curl("http://127.0.0.1:8081/passwd").startswith("root:")
+            first.kill()  # SIGKILL: no cleanup at all
+            first.wait(10)
+            # the ghost container dies while no daemon is there to see it
+            os.kill(started["ghost"][1], signal.SIGKILL)
+            assert probe.curl("http://127.0.0.1:8080/passwd").startswith("root:")
+            ghost_veths = [n for n in host_links(netns) if n.startswith("vb")]
+            second, _ = start_daemon(netns, root)
+            try:
+                assert probe.curl("http://127.0.0.1:8080/passwd").startswith("root:")
+                assert probe.curl("http://127.0.0.1:8081/").startswith("FAILED")
+                table = netns.run("nft", "list", "table", "ip", "berth").stdout
+                assert "dport 8080" in table and "dport 8081" not in table
+                assert len([n for n in host_links(netns) if n.startswith("vb")]) == 1
+                assert len(ghost_veths) == 2
+            finally:
+                second.kill()
+                second.wait(10)
+        finally:
+            probe.loop.stop()
+            subprocess.run(netns.argv(sys.executable, "-m", "tests.privileged.net_daemon",
+                                      str(root), "--rm-all"),
+                           cwd=Path(__file__).resolve().parents[2], check=False, timeout=60)
+        assert host_links(netns) == ["lo"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
