@@ -167,8 +167,18 @@ class Agent:
         with self.locked():
             return self._apply()
 
+    def _unconfigured(self, state: UpdateState) -> RunResult | None:
+        # Not an error: a host without an update source simply has nothing to do
+        # (the timer must not leave a failed unit behind on such hosts).
+        if self.settings.url is None:
+            return RunResult(state, None, "updates are not configured (no [update] url in "
+                             "/etc/hostos/update.d/*.toml): nothing to do")
+        return None
+
     def _check(self) -> RunResult:
         state, seen = self.resume()
+        if (idle := self._unconfigured(state)) is not None:
+            return idle
         if state.phase not in (Phase.IDLE, Phase.DONE, Phase.FAILED, Phase.CHECKING):
             return RunResult(state, None, f"an update is in progress ({state.phase})")
         source = Source(self.settings)
@@ -183,6 +193,8 @@ class Agent:
         if state.phase is Phase.VERIFYING:
             return RunResult(state, None, f"{state.target.version if state.target else '?'} "
                              "booted; waiting for boot-complete.target and the blessing")
+        if (idle := self._unconfigured(state)) is not None:
+            return idle
         if state.phase is not Phase.CHECKING:
             state = self._save(state.to(Phase.CHECKING), seen)
         try:

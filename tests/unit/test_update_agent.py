@@ -180,3 +180,11 @@ def test_hostile_repository_changes_nothing(world: World, attack: str) -> None:
     assert disk_digest(world.host.disk_path) == disk_before
     assert sorted(p.name for p in world.uki_dir().iterdir()) == esp_before
     assert world.host.reboots == []
+
+
+def test_a_host_without_an_update_url_has_nothing_to_do(world: World) -> None:
+    settings = validate({"state_dir": str(world.tmp / "state2")})
+    agent = Agent(settings, world.host)
+    result = agent.apply()
+    assert "not configured" in result.message
+    assert result.state.phase is Phase.IDLE and world.host.reboots == []
