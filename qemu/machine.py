@@ -140,7 +140,7 @@ class Machine:
             monitor = Monitor(self.paths.qmp_socket, self.spec.name)
             stack.callback(monitor.close)
             try:
-                monitor.connect(timeout=30)
+                monitor.connect(timeout=30, exit_status=self.exit_status)
             except Exception as e:
                 raise MachineError(f"QEMU did not come up: {e}\n{self._qemu_log_tail()}") from e
             self._monitor = monitor

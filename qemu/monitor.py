@@ -12,8 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +29,13 @@ class MonitorError(Exception):
     """QMP failed; the message names the socket or command and the cause."""
 
 
+async def _cancel_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Monitor:
     def __init__(self, socket_path: Path, name: str = "berth") -> None:
         self._path = socket_path
@@ -42,23 +48,30 @@ class Monitor:
         self._client: QMPClient | None = None
         self._events: list[Mapping[str, Any]] = []
         self._cond = threading.Condition()
-        self._watcher: Future[None] | None = None
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def connect(self, timeout: float = 30.0) -> None:
+    def connect(self, timeout: float = 30.0,
+                exit_status: Callable[[], int | None] = lambda: None) -> None:
         """Connect once QEMU has created the socket; retries until `timeout`."""
         deadline = time.monotonic() + timeout
         while True:
+            status = exit_status()
+            if status is not None:
+                raise MonitorError(f"QEMU exited with status {status} before QMP was up")
             try:
+                # QEMU creates the socket soon after it starts; connecting
+                # before that only makes qemu.qmp log an error per attempt.
+                if not self._path.exists():
+                    raise FileNotFoundError(f"{self._path} does not exist yet")
                 self._client = self._call(self._connect(), timeout)
                 break
             except (ConnectError, OSError) as e:
                 if time.monotonic() > deadline:
                     raise MonitorError(f"QMP {self._path}: cannot connect: {e}") from e
                 time.sleep(0.1)
-        self._watcher = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
+        asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
 
     async def _connect(self) -> QMPClient:
         client = QMPClient(self._name)
@@ -108,8 +121,10 @@ class Monitor:
                 self._call(client.disconnect(), 10)
             except Exception as e:
                 log.debug("qmp disconnect: %r", e)
-        if self._watcher is not None:
-            self._watcher.cancel()
+        try:
+            self._call(_cancel_tasks(), 10)
+        except Exception as e:
+            log.debug("qmp task shutdown: %r", e)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         if not self._thread.is_alive():

@@ -1,0 +1,1 @@
+"""Berth's benchmarks: figures side by side with a peer, never test assertions."""

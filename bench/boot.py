@@ -1,0 +1,86 @@
+"""Boot time (QEMU start -> berthd READY) by boot mode, and the image's sizes.
+
+Runs alternate between the modes so that load from other work on the
+machine hits both alike; the table gives the median of each and the ratio
+to direct kernel boot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from hostos.artifacts import ImageArtifacts, load_image
+from qemu.accel import Accel
+from qemu.machine import Machine
+from qemu.spec import BootMode, Credential, MachineSpec
+from runtime import tls
+
+DESCRIPTION = "seconds from QEMU start to berthd READY (median), image sizes"
+ROOT = Path(__file__).resolve().parents[1]
+READY_UNIT = "berthd.service"
+MB = 1_000_000
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", type=Path, default=ROOT / "build" / "image",
+                   help="image folder with berth.json")
+    p.add_argument("--runs", type=int, default=3, help="boots per mode (default 3)")
+    p.add_argument("--modes", default="direct,uefi",
+                   help="comma-separated boot modes (direct, uefi)")
+    p.add_argument("--accel", type=Accel, default=None, help="kvm or tcg (default: auto)")
+    p.add_argument("--timeout", type=float, default=900.0, help="per boot, seconds")
+
+
+def boot_once(image: ImageArtifacts, mode: BootMode, creds: tuple[Credential, ...],
+              accel: Accel | None, timeout: float, state: Path) -> float:
+    spec = MachineSpec(image, boot=mode, credentials=creds, test_shell=False)
+    with Machine(spec, state, accel=accel) as m:
+        return m.wait_for_unit(READY_UNIT, timeout)
+
+
+def sizes_table(image: ImageArtifacts) -> list[tuple[str, str]]:
+    s = image.sizes
+    if s is None:
+        return [("sizes", "not recorded in berth.json")]
+    rows = [
+        ("UKI", f"{s.uki / MB:.1f} MB"),
+        ("  kernel", f"{s.kernel / MB:.1f} MB"),
+        ("  initrd", f"{s.initrd / MB:.1f} MB"),
+    ]
+    if s.usr_tree is not None:
+        rows.append(("/usr tree (raw)", f"{s.usr_tree / MB:.1f} MB"))
+    if s.usr_erofs is not None:
+        rows.append(("/usr erofs (compressed)", f"{s.usr_erofs / MB:.1f} MB"))
+        rows.append(("UKI + compressed /usr", f"{(s.uki + s.usr_erofs) / MB:.1f} MB"))
+    rows.append(("disk image apparent", f"{s.disk_apparent / MB:.1f} MB"))
+    rows.append(("disk image allocated", f"{s.disk_allocated / MB:.1f} MB"))
+    return rows
+
+
+def main(args: argparse.Namespace) -> int:
+    image = load_image(args.image)
+    modes = [BootMode(m.strip()) for m in args.modes.split(",") if m.strip()]
+    times: dict[BootMode, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
+        files = tls.generate(Path(tmp) / "tls")
+        creds = tuple(Credential(n, d) for n, d in files.server_credentials().items())
+        for i in range(args.runs):
+            for mode in modes:
+                t = boot_once(image, mode, creds, args.accel, args.timeout, Path(tmp) / "vm")
+                times[mode].append(t)
+                print(f"  run {i + 1}/{args.runs} {mode}: {t:.1f} s", flush=True)
+    base = statistics.median(times[modes[0]]) if times[modes[0]] else 0.0
+    print(f"\nboot to {READY_UNIT} READY ({args.runs} runs each, image {image.version})")
+    print(f"{'mode':<8} {'median s':>9} {'min':>7} {'max':>7} {'ratio':>7}")
+    for mode in modes:
+        ts = times[mode]
+        med = statistics.median(ts)
+        ratio = med / base if base else float("nan")
+        print(f"{mode!s:<8} {med:>9.1f} {min(ts):>7.1f} {max(ts):>7.1f} {ratio:>7.2f}")
+    print(f"\nimage {image.version} sizes")
+    for name, value in sizes_table(image):
+        print(f"{name:<26} {value:>12}")
+    return 0

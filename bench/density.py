@@ -1,0 +1,169 @@
+"""Density: N idle containers (`sleep`), berth's engine side by side with bare `crun run -d`.
+
+For each runtime: MemAvailable before and after starting N containers
+(after a settle pause), divided by N; the time to start all N; and for
+berth the daemon's RSS (the engine runs in this process, so its growth is
+inside the MemAvailable drop too). crun has no daemon and no per-container
+monitor either, so it is the floor: the target is berth <= 1.2x crun.
+
+Both run busybox `sleep` with pid, net, ipc, uts, mount and cgroup
+namespaces; berth adds a user namespace, an overlayfs (per-container upper
+dir over the shared layer), a log FIFO pair and its records. crun runs on
+one shared read-only rootfs directory. Everything happens in a network
+namespace made for the run; the machine's own is not touched. crun is run
+as MACHINE-NOTES says (cgroup.controllers hidden in a private mount ns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from runtime import cgroups
+from runtime.container.manager import ContainerManager, EngineConfig
+from runtime.container.spec import CreateRequest
+from runtime.events import EventBus
+from runtime.run import run
+from runtime.store.archive import import_rootfs
+from runtime.store.images import ImageStore
+from runtime.sys import Namespace
+from runtime.sys.libc import LibcSys
+
+DESCRIPTION = "density: N idle containers, MemAvailable per container vs crun run -d, RSS"
+IMAGE = "busybox:bench"
+SETTLE = 3.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=1000, help="containers (default 1000)")
+    parser.add_argument("--no-crun", action="store_true", help="skip the crun side")
+
+
+def meminfo(key: str = "MemAvailable") -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def settle() -> None:
+    time.sleep(SETTLE)
+
+
+async def berth_side(tmp: Path, n: int, images: ImageStore) -> dict[str, float]:
+    exec_root = Path(tempfile.mkdtemp(prefix="berth-bench-run-"))
+    exec_root.chmod(0o711)
+    cg_root = cgroups.default_root().with_name(f"berth-bench-{uuid.uuid4().hex[:8]}")
+    m = ContainerManager(EngineConfig(root=tmp / "data", exec_root=exec_root,
+                                      cgroup_root=cg_root), images, EventBus())
+    await m.adopt()
+    # Warm: compile the seccomp filter, touch the code paths once.
+    warm = await m.create(CreateRequest(image=IMAGE, cmd=("true",)))
+    await m.start(warm.id)
+    await m.wait(warm.id)
+    await m.remove(warm.id)
+    settle()
+    mem0, rss0 = meminfo(), rss()
+    t0 = time.perf_counter()
+    for i in range(n):
+        rec = await m.create(CreateRequest(image=IMAGE, cmd=("sleep", "1000000")))
+        await m.start(rec.id)
+        if (i + 1) % 100 == 0:
+            print(f"  berth: {i + 1}/{n} started", flush=True)
+    started = time.perf_counter() - t0
+    settle()
+    mem1, rss1 = meminfo(), rss()
+    t0 = time.perf_counter()
+    for cid in list(m.containers):
+        await m.remove(cid, force=True)
+    removed = time.perf_counter() - t0
+    await m.shutdown()
+    shutil.rmtree(exec_root, ignore_errors=True)
+    cg_root.rmdir()
+    return {"per_container": (mem0 - mem1) / n, "start_all": started, "remove_all": removed,
+            "rss_before": rss0, "rss_after": rss1}
+
+
+def crun_side(tmp: Path, n: int, rootfs_tar: Path) -> dict[str, float]:
+    bundle = tmp / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    run(["tar", "-xf", str(rootfs_tar), "-C", str(bundle / "rootfs")])
+    run(["crun", "spec"], cwd=bundle)
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = ["sleep", "1000000"]
+    cfg["linux"]["namespaces"].append({"type": "cgroup"})
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    state = tmp / "crun-state"
+    empty = tmp / "empty"
+    empty.touch()
+    hide = f"mount --bind {empty} /sys/fs/cgroup/unified/cgroup.controllers"
+    prefix = f"b{uuid.uuid4().hex[:6]}"
+    script = (f"{hide} && for i in $(seq 1 {n}); do "
+              f"crun --root {state} run -d --bundle {bundle} {prefix}$i >/dev/null || exit 1; "
+              f"done")
+    settle()
+    mem0 = meminfo()
+    t0 = time.perf_counter()
+    run(["unshare", "-m", "sh", "-c", script])
+    started = time.perf_counter() - t0
+    settle()
+    mem1 = meminfo()
+    cleanup = (f"{hide} && for i in $(seq 1 {n}); do "
+               f"crun --root {state} kill {prefix}$i KILL; done; sleep 1; "
+               f"for i in $(seq 1 {n}); do crun --root {state} delete -f {prefix}$i; done")
+    run(["unshare", "-m", "sh", "-c", cleanup], check=False)
+    return {"per_container": (mem0 - mem1) / n, "start_all": started}
+
+
+def main(args: argparse.Namespace) -> int:
+    n = args.count
+    tmp = Path(tempfile.mkdtemp(prefix="berth-density-"))
+    netns = f"berth-density-{uuid.uuid4().hex[:8]}"
+    run(["ip", "netns", "add", netns])
+    sys = LibcSys()
+    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        from tests.privileged.images import busybox_rootfs_tar
+
+        tar = busybox_rootfs_tar(tmp / "busybox.tar")
+        images = ImageStore(tmp / "data")
+        with tar.open("rb") as f:
+            import_rootfs(images, f, tag=IMAGE)
+        sys.setns(target, Namespace.NET)
+        print(f"berth: starting {n} idle containers", flush=True)
+        b = asyncio.run(berth_side(tmp, n, images))
+        c = None if args.no_crun else crun_side(tmp, n, tar)
+    finally:
+        sys.setns(own, Namespace.NET)
+        run(["ip", "netns", "delete", netns], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    kib = 1024
+    print(f"\n{n} idle containers")
+    print(f"{'':28}{'berth':>12}{'crun run -d':>14}{'ratio':>8}")
+    cper = c["per_container"] if c else float("nan")
+    print(f"{'MemAvailable drop / ctr':28}{b['per_container'] / kib:>10.0f}Ki"
+          f"{cper / kib:>12.0f}Ki{b['per_container'] / cper:>8.2f}")
+    cstart = c["start_all"] if c else float("nan")
+    print(f"{'start all (s)':28}{b['start_all']:>12.2f}{cstart:>14.2f}"
+          f"{b['start_all'] / cstart:>8.2f}")
+    print(f"{'remove all (s)':28}{b['remove_all']:>12.2f}")
+    print(f"daemon RSS: {b['rss_before'] / (1 << 20):.1f} MiB before, "
+          f"{b['rss_after'] / (1 << 20):.1f} MiB with {n} containers "
+          f"({(b['rss_after'] - b['rss_before']) / n / kib:.1f} KiB per container)")
+    return 0
