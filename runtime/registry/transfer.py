@@ -87,17 +87,19 @@ async def pull(store: ImageStore, client: RegistryClient, ref: str, *,
     _sources_table(store)
     reference = r.digest or r.tag or "latest"
     prog.message(f"{r.tag or r.digest}: Pulling from {r.familiar_name}")
+    # `digest` is what the tag points at (an index for multi-platform images):
+    # the repo digest Docker shows and what signatures are made over.
     data, mt, digest = await client.get_manifest(r.domain, r.path, reference)
+    if trust is not None:
+        await trust.check_pull(client, r, digest)
     if is_index(data, mt):
         chosen = Index.parse(data, mt).select(client.options.platform)
-        data, mt, digest = await client.get_manifest(r.domain, r.path, chosen.digest)
+        data, mt, _ = await client.get_manifest(r.domain, r.path, chosen.digest)
         if is_index(data, mt):
             raise RegistryError(str(r), "index inside an index: refusing to recurse")
     manifest = Manifest.parse(data, mt)
     if manifest.config.size > client.options.max_manifest:
         raise RegistryError(str(r), f"image config of {manifest.config.size} bytes refused")
-    if trust is not None:
-        await trust.check_pull(client, r, digest)
     descs = [manifest.config, *manifest.layers]
     with store.pinned(d.digest for d in descs):
         fetched = await _fetch_all(store, client, r, descs, prog)
