@@ -188,6 +188,15 @@ class Netlink:
                 raise NetlinkFailed(f"create bridge {name} ({gateway}/{prefixlen})", e) from e
         write_sysctl(self.host_netns, f"net.ipv4.conf.{name}.route_localnet", "1")
 
+    def _ignore_missing(self, name: str) -> None:
+        """Best-effort removal of a half-made link while handling another error."""
+        try:
+            idx = self._index(name)
+            if idx is not None:
+                self._host().link("del", index=idx)
+        except NetlinkError:
+            pass
+
     def delete_link(self, name: str) -> bool:
         """Delete a link (a bridge, or a veth and with it its peer); False if absent."""
         with self._lock:
@@ -252,7 +261,11 @@ class Netlink:
             try:
                 ipr.link("add", ifname=host_ifname, kind="veth", master=br, state="up",
                          peer={"ifname": ifname, "net_ns_fd": fd, "address": mac})
+                # Hairpin: a container reaching its own published port through
+                # the host's address gets its packet back out of the same port.
+                ipr.brport("set", index=self._index(host_ifname), mode=1)
             except NetlinkError as e:
+                self._ignore_missing(host_ifname)
                 raise NetlinkFailed(f"create veth {host_ifname} into {netns}", e) from e
             finally:
                 os.close(fd)

@@ -77,6 +77,13 @@ def test_published_ports_reach_the_http_server(net: Lab) -> None:
     for url in (f"http://127.0.0.1:{random_port}/", "http://127.0.0.1:8080/",
                 "http://127.0.0.1:9090/"):
         assert curl(net, url) == "hello from web\n", url
+    # from containers on the bridge, through the host's address (hairpin NAT),
+    # the web container itself included
+    client = net.container("client")
+    net.setup(client)
+    gw = res.endpoints[0].gateway
+    assert curl(client, f"http://{gw}:8080/") == "hello from web\n"
+    assert curl(web, f"http://{gw}:{random_port}/") == "hello from web\n"
     # UDP too
     web.start("python3", "-c", "import socket\ns = socket.socket(2, 2)\ns.bind(('', 53))\n"
               "while True:\n d, a = s.recvfrom(99)\n s.sendto(d.upper(), a)")
