@@ -29,6 +29,7 @@ from hostos.update.manifest import (
     ArtifactKind,
     Compression,
     ReleaseManifest,
+    canonical_safe,
     channel_target,
 )
 from hostos.update.version import Version
@@ -118,6 +119,8 @@ def make_release(image_dir: Path, version: str, repo: Repository, *, channel: st
             f"build it with `hostos build --version {version}` or pass --image"
         )
     v = Version.parse(version)
+    if rollout is not None and not isinstance(rollout, dict):
+        raise HostosError("the rollout plan must be a JSON object")
     existing = repo.targets().get(channel_target(channel))
     if existing is not None and isinstance(existing.custom, dict):
         current = Version.parse(str(existing.custom.get("version", "0")))
@@ -138,7 +141,8 @@ def make_release(image_dir: Path, version: str, repo: Repository, *, channel: st
             artifacts[kind] = Artifact(name, ex.size, ex.sha256, compression)
             specs.append(TargetSpec(name, packed, {"berth": {"kind": str(kind),
                                                              "version": version}}))
-        manifest = ReleaseManifest(v, image.usrhash, artifacts, dict(rollout or {"waves": []}))
+        manifest = ReleaseManifest(v, image.usrhash, artifacts,
+                                   canonical_safe(dict(rollout or {"waves": []})))
         channel_file = work / "channel.json"
         channel_file.write_bytes(manifest.to_bytes())
         specs.append(TargetSpec(channel_target(channel), channel_file, manifest.to_json()))
@@ -152,8 +156,17 @@ def _release(args: argparse.Namespace) -> int:
     store = KeyStore(args.keys, passphrase_from(args))
     repo = Repository.open(args.repo, store)
     image = args.image or Path("build/image")
+    rollout = None
+    if args.rollout:
+        from datetime import UTC, datetime
+
+        from hostos.rollout import RolloutError, parse_plan_spec
+        try:
+            rollout = parse_plan_spec(args.rollout, datetime.now(UTC)).to_json()
+        except RolloutError as e:
+            raise HostosError(f"--rollout: {e}") from e
     manifest = make_release(image, args.version, repo, channel=args.channel,
-                            compression=Compression(args.compression))
+                            compression=Compression(args.compression), rollout=rollout)
     total = sum(repo.targets()[a.target].length for a in manifest.artifacts.values())
     print(f"released {manifest.version} on {args.channel}: {total / 1e6:.1f} MB to download")
     return 0
@@ -165,5 +178,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--image", type=Path, help="image folder with berth.json (default build/image)")
     p.add_argument("--channel", default="stable", help="release channel (default: %(default)s)")
     p.add_argument("--compression", choices=[str(c) for c in Compression], default="zstd")
+    p.add_argument("--rollout", metavar="SPEC",
+                   help="waves as PERCENT%%@DELAY, e.g. 10%%@0,50%%@30m,100%%@2h "
+                        "(default: everyone at once)")
     add_key_arguments(p)
     p.set_defaults(func=_release)

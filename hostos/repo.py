@@ -41,6 +41,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.api.serialization import SerializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from hostos.errors import HostosError
@@ -191,7 +192,13 @@ class Repository:
     def _sign_with(self, md: Metadata[Any], keyids: Sequence[str]) -> None:
         md.signatures.clear()
         for signer in self.store.signers(keyids):
-            md.sign(signer, append=True)
+            try:
+                md.sign(signer, append=True)
+            except SerializationError as e:
+                raise RepositoryError(
+                    f"{md.signed.type} metadata cannot be signed: {e.__cause__ or e} "
+                    "(canonical JSON has no floats)"
+                ) from e
 
     def _sign_top(self, md: Metadata[Any], role: str) -> None:
         root = self.root_md.signed

@@ -94,5 +94,20 @@ class ReleaseManifest:
             raise ValueError(f"release manifest is malformed: {e!r}") from e
 
 
+def canonical_safe(value: Any) -> Any:
+    """A copy TUF's canonical JSON can sign: it has no floats (OLPC canonical JSON).
+
+    Integral floats become ints, others their decimal text (readers parse
+    numbers with float(), which takes both).
+    """
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else repr(value)
+    if isinstance(value, dict):
+        return {str(k): canonical_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical_safe(v) for v in value]
+    return value
+
+
 def channel_target(channel: str) -> str:
     return f"channels/{channel}.json"
