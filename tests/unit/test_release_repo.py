@@ -210,3 +210,15 @@ def test_root_rotation_is_followed_by_clients_that_trust_only_the_first_root(
     assert release is not None and str(release.version) == "0.3.0"
     trusted = json.loads((tmp_path / "host" / "metadata" / "root.json").read_text())
     assert trusted["signed"]["version"] == 3
+
+
+def test_rollout_plan_with_fractional_shares_survives_signing(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    plan = {"waves": [{"percent": 12.5, "start": "2026-01-01T00:00:00+00:00"},
+                      {"percent": 100.0, "start": "2026-01-02T00:00:00+00:00"}]}
+    make_release(make_image(tmp_path / "img", "0.2.0").folder, "0.2.0", repo, rollout=plan)
+    release = client(tmp_path, repo).refresh()
+    assert release is not None
+    from hostos.rollout import RolloutPlan
+    parsed = RolloutPlan.from_release(release.rollout)
+    assert parsed is not None and [w.percent for w in parsed.waves] == [12.5, 100.0]
