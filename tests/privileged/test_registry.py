@@ -160,8 +160,10 @@ def test_pull_of_an_index_picks_linux_amd64(tmp_path: Path, registry: Registry,
     asyncio.run(put_index())
     fresh = ImageStore(tmp_path / "fresh")
     res = pull_sync(fresh, f"{registry.host}/multi/app:multi", opts(registry.host))
-    assert res.digest == pushed.digest
-    assert fresh.resolve(f"{registry.host}/multi/app:multi").id == manifest.config.digest
+    # The repo digest is the index's (as Docker shows it); the image is amd64's manifest.
+    assert res.digest == sha256_digest(index) != pushed.digest
+    assert fresh.get(res.image.id).manifest_digest == pushed.digest
+    assert fresh.resolve(f"{registry.host}/multi/app@{res.digest}").id == manifest.config.digest
 
 
 def test_https_is_default_unless_named_insecure(tmp_path: Path, registry: Registry) -> None:

@@ -1,0 +1,209 @@
+"""Signatures with the real cosign (2.x from Debian trixie) and the trust policy
+enforced at pull and at run, against a real docker-registry."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hostos.mkosi import (
+    AptConfig,
+    apt_download_cmd,
+    candidate_version,
+    dpkg_extract_cmd,
+    update_lists,
+)
+from runtime.oci import ImageNotFound
+from runtime.policy import PolicyDenied, PolicyGate, check_run, load_policy
+from runtime.registry.client import RegistryClient, RegistryOptions
+from runtime.registry.reference import parse
+from runtime.registry.transfer import pull, push
+from runtime.run import run
+from runtime.sign import keys
+from runtime.sign.cosign import SignatureError, sign_image, verify_image
+from runtime.store.archive import import_rootfs
+from runtime.store.images import ImageStore
+from tests.faultproxy import Registry, busybox_rootfs, start_registry
+
+CACHE = Path(os.environ.get("BERTH_CACHE", "/var/cache/berth"))
+
+
+def ensure_cosign() -> Path:
+    """cosign's static binary, unpacked once from Debian trixie's .deb into the cache."""
+    found = sorted(CACHE.glob("cosign-*/usr/bin/cosign"))
+    if found:
+        return found[-1]
+    apt = AptConfig(CACHE / "apt")
+    update_lists(apt)
+    version = candidate_version(apt, "cosign")
+    run(apt_download_cmd(apt, f"cosign={version}"), cwd=apt.archives_dir)
+    deb = next(apt.archives_dir.glob(f"cosign_{version.split(':')[-1]}_amd64.deb"))
+    staging = CACHE / f".cosign-{version}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    run(dpkg_extract_cmd(deb, staging))
+    dest = CACHE / f"cosign-{version}"
+    staging.replace(dest)
+    return dest / "usr/bin/cosign"
+
+
+@pytest.fixture(scope="module")
+def cosign() -> Path:
+    return ensure_cosign()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    with start_registry(tmp_path) as reg:
+        yield reg
+
+
+def opts(reg: Registry) -> RegistryOptions:
+    return RegistryOptions(insecure=frozenset({reg.host}), retry_delay=0.01)
+
+
+def pushed_image(tmp_path: Path, reg: Registry, repo: str) -> str:
+    """Push a busybox image to reg/repo:1; returns the reference."""
+    rootfs = busybox_rootfs(tmp_path / "rootfs")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        t.add(rootfs, arcname=".")
+    buf.seek(0)
+    store = ImageStore(tmp_path / f"src-{repo.replace('/', '-')}")
+    ref = f"{reg.host}/{repo}:1"
+    import_rootfs(store, buf, tag=ref, changes=['CMD ["echo", "hi"]'])
+
+    async def go() -> None:
+        async with RegistryClient(opts(reg)) as c:
+            await push(store, c, ref)
+    asyncio.run(go())
+    return ref
+
+
+def cosign_cmd(cosign: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COSIGN_PASSWORD": "pw", "HOME": str(tmp_path),
+           "SIGSTORE_NO_CACHE": "1", "TUF_ROOT": str(tmp_path / "tuf")}
+    return subprocess.run([str(cosign), *args], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=120)
+
+
+@pytest.fixture
+def berth_keys(tmp_path: Path) -> tuple[Path, Path]:
+    return keys.write_key_pair(keys.generate_key_pair(b"pw"), tmp_path / "berth")
+
+
+def berth_sign(reg: Registry, ref: str, key_file: Path, scratch: ImageStore) -> str:
+    key = keys.decrypt_private_key(key_file.read_bytes(), b"pw")
+
+    async def go() -> str:
+        async with RegistryClient(opts(reg)) as c:
+            digest, _ = await sign_image(c, parse(ref), key, scratch.blobs)
+            return digest
+    return asyncio.run(go())
+
+
+def berth_verify(reg: Registry, ref: str, pub_file: Path, scratch: ImageStore) -> int:
+    pub = keys.load_public_key(pub_file.read_bytes())
+
+    async def go() -> int:
+        async with RegistryClient(opts(reg)) as c:
+            _, good = await verify_image(c, parse(ref), [pub], scratch.blobs)
+            return len(good)
+    return asyncio.run(go())
+
+
+def test_cosign_verifies_berths_signature(tmp_path: Path, registry: Registry, cosign: Path,
+                                         berth_keys: tuple[Path, Path]) -> None:
+    ref = pushed_image(tmp_path, registry, "signed/app")
+    scratch = ImageStore(tmp_path / "scratch")
+    digest = berth_sign(registry, ref, berth_keys[0], scratch)
+    r = cosign_cmd(cosign, tmp_path, "verify", "--key", str(berth_keys[1]),
+                   "--insecure-ignore-tlog", "--allow-insecure-registry", ref)
+    assert r.returncode == 0, r.stderr
+    claims = json.loads(r.stdout)
+    assert claims[0]["critical"]["image"]["docker-manifest-digest"] == digest
+    # cosign also takes Berth's encrypted private key as its own.
+    r = cosign_cmd(cosign, tmp_path, "public-key", "--key", str(berth_keys[0]))
+    assert r.returncode == 0 and r.stdout.encode() == berth_keys[1].read_bytes(), r.stderr
+
+
+def test_berth_verifies_cosigns_signature(tmp_path: Path, registry: Registry,
+                                          cosign: Path) -> None:
+    ref = pushed_image(tmp_path, registry, "cosigned/app")
+    r = cosign_cmd(cosign, tmp_path, "generate-key-pair", "--output-key-prefix",
+                   str(tmp_path / "cosign"))
+    assert r.returncode == 0, r.stderr
+    r = cosign_cmd(cosign, tmp_path, "sign", "--key", str(tmp_path / "cosign.key"),
+                   "--tlog-upload=false", "--allow-insecure-registry", "-y", ref)
+    assert r.returncode == 0, r.stderr
+    scratch = ImageStore(tmp_path / "scratch")
+    assert berth_verify(registry, ref, tmp_path / "cosign.pub", scratch) == 1
+    # Berth signs with cosign's key too, adding to the same signature image.
+    berth_sign(registry, ref, tmp_path / "cosign.key", scratch)
+    assert berth_verify(registry, ref, tmp_path / "cosign.pub", scratch) == 2
+
+
+def test_wrong_key_and_unsigned_are_refused(tmp_path: Path, registry: Registry,
+                                           berth_keys: tuple[Path, Path]) -> None:
+    ref = pushed_image(tmp_path, registry, "some/app")
+    scratch = ImageStore(tmp_path / "scratch")
+    with pytest.raises(SignatureError, match="no signatures found"):
+        berth_verify(registry, ref, berth_keys[1], scratch)
+    other = keys.write_key_pair(keys.generate_key_pair(b"pw"), tmp_path / "other")
+    berth_sign(registry, ref, other[0], scratch)
+    with pytest.raises(SignatureError, match="none of its 1 signature"):
+        berth_verify(registry, ref, berth_keys[1], scratch)
+
+
+def test_policy_enforced_at_pull_and_at_run(tmp_path: Path, registry: Registry,
+                                            berth_keys: tuple[Path, Path]) -> None:
+    signed = pushed_image(tmp_path, registry, "team/signed")
+    unsigned = pushed_image(tmp_path, registry, "team/unsigned")
+    other = pushed_image(tmp_path, registry, "elsewhere/app")
+    scratch = ImageStore(tmp_path / "scratch")
+    berth_sign(registry, signed, berth_keys[0], scratch)
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps({
+        "default": {"type": "reject"},
+        "scopes": {f"{registry.host}/team": {"type": "signedBy",
+                                              "keys": [str(berth_keys[1])]},
+                   f"{registry.host}/elsewhere": {"type": "accept"}}}))
+    policy = load_policy(policy_file)
+    store = ImageStore(tmp_path / "berth")
+    gate = PolicyGate(policy, store)
+
+    async def pull_with_policy(ref: str) -> None:
+        async with RegistryClient(opts(registry)) as c:
+            await pull(store, c, ref, trust=gate)
+
+    asyncio.run(pull_with_policy(signed))
+    asyncio.run(pull_with_policy(other))
+    with pytest.raises(PolicyDenied, match=r"team/unsigned:1 refused .* is not signed"):
+        asyncio.run(pull_with_policy(unsigned))
+    assert len(store.list_images()) == 2
+    with pytest.raises(ImageNotFound):
+        store.resolve(unsigned)
+    # at run: the recorded signature lets the signed image run, offline
+    check_run(policy, store, signed)
+    check_run(policy, store, other)
+    # signatures are over the digest (as cosign's): a local retag in scope still runs
+    store.tag(signed, f"{registry.host}/team/retagged:1")
+    check_run(policy, store, f"{registry.host}/team/retagged:1")
+    store.tag(signed, "quay.io/x/y:1")
+    with pytest.raises(PolicyDenied, match=r"quay.io/x/y:1 refused .*rejected"):
+        check_run(policy, store, "quay.io/x/y:1")
+    # pulled before the policy (no gate): refused at run
+    async def pull_without_policy(ref: str) -> None:
+        async with RegistryClient(opts(registry)) as c:
+            await pull(store, c, ref)
+    asyncio.run(pull_without_policy(unsigned))
+    with pytest.raises(PolicyDenied, match=r"team/unsigned:1 refused .* is not signed"):
+        check_run(policy, store, unsigned)
