@@ -20,6 +20,25 @@ USER_POOL = "10.89.0.0/16"
 USER_POOL_LAST = "10.127.0.0/16"
 
 
+OVERFLOW_PREFIX = "bx"
+"""Overflow bridges of a network (a bridge takes at most 1023 ports): `bx` + 9 hex
+of the network id + 3 hex of the overflow number, each joined to the network's
+bridge by a trunk veth pair `tx...` (in the network's bridge) / `ty...`."""
+TRUNK_PREFIX = "tx"
+TRUNK_PEER_PREFIX = "ty"
+
+
+def overflow_names(network_id: str, k: int) -> tuple[str, str, str]:
+    """(overflow bridge, trunk end in the network's bridge, trunk end in the overflow)."""
+    tail = f"{network_id[:9]}{k:03x}"
+    return OVERFLOW_PREFIX + tail, TRUNK_PREFIX + tail, TRUNK_PEER_PREFIX + tail
+
+
+def overflow_pattern(network_id: str) -> str:
+    """nft's wildcard for every overflow bridge of a network."""
+    return f"{OVERFLOW_PREFIX}{network_id[:9]}*"
+
+
 class NetworkMode(StrEnum):
     NONE = "none"
     HOST = "host"
@@ -156,6 +175,8 @@ class Endpoint:
     mac: str
     aliases: tuple[str, ...] = ()
     name: str = ""
+    bridge: str = ""
+    """the Linux bridge the host end is in: the network's, or one of its overflow bridges"""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,9 @@ from pyroute2 import IPRoute  # the one place in Berth that imports pyroute2
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netns import setns
 
-from runtime.net.model import NetError
+from runtime.net.model import (
+    NetError,
+)
 
 T = TypeVar("T")
 
@@ -170,8 +172,9 @@ class Netlink:
             return [str(m.get_attr("IFLA_IFNAME")) for m in self._host().get_links()]
 
     def ensure_bridge(self, name: str, gateway: str, prefixlen: int, mac: str) -> None:
-        """Create the bridge if missing; give it its gateway address, a fixed MAC and
-        route_localnet (for DNAT of 127.0.0.1 to a container); bring it up."""
+        """Create the bridge if missing; give it its gateway address, a fixed MAC,
+        route_localnet and arp_announce (for DNAT of 127.0.0.1 to a container);
+        bring it up."""
         with self._lock:
             ipr = self._host()
             try:
@@ -187,6 +190,9 @@ class Netlink:
             except NetlinkError as e:
                 raise NetlinkFailed(f"create bridge {name} ({gateway}/{prefixlen})", e) from e
         write_sysctl(self.host_netns, f"net.ipv4.conf.{name}.route_localnet", "1")
+        # ...and ARP for such a packet must not announce 127.0.0.1 as its sender
+        # (containers drop that as a martian): use the bridge's own address.
+        write_sysctl(self.host_netns, f"net.ipv4.conf.{name}.arp_announce", "2")
 
     def _ignore_missing(self, name: str) -> None:
         """Best-effort removal of a half-made link while handling another error."""
@@ -196,6 +202,34 @@ class Netlink:
                 self._host().link("del", index=idx)
         except NetlinkError:
             pass
+
+    def ensure_overflow(self, bridge: str, overflow: str, trunk: str, trunk_peer: str) -> None:
+        """An overflow bridge in the same L2 domain as `bridge`: a trunk veth pair
+        joins them (star topology, no loops). It has no address: traffic to the
+        gateway crosses the trunk, so the nft rules on `bridge` still apply."""
+        with self._lock:
+            ipr = self._host()
+            try:
+                ovf = self._index(overflow)
+                if ovf is None:
+                    ipr.link("add", ifname=overflow, kind="bridge")
+                    ovf = self._index(overflow)
+                ipr.link("set", index=ovf, state="up")
+                if self._index(trunk) is None:
+                    br = self._index(bridge)
+                    # No hairpin on a trunk: the bridge would reflect every
+                    # broadcast back into the overflow bridge it came from.
+                    ipr.link("add", ifname=trunk, kind="veth", master=br, state="up",
+                             peer=trunk_peer)
+                ipr.link("set", index=self._index(trunk_peer), master=ovf, state="up")
+            except NetlinkError as e:
+                raise NetlinkFailed(f"create overflow bridge {overflow} of {bridge}", e) from e
+        # The overflow bridge is L2 only. Its own (local) port would otherwise
+        # answer containers' ARP for the gateway with its MAC (arp_ignore=0
+        # replies for any local address), and their traffic would enter the
+        # host through it instead of the network's bridge.
+        write_sysctl(self.host_netns, f"net.ipv4.conf.{overflow}.arp_ignore", "8")
+        write_sysctl(self.host_netns, f"net.ipv6.conf.{overflow}.disable_ipv6", "1")
 
     def delete_link(self, name: str) -> bool:
         """Delete a link (a bridge, or a veth and with it its peer); False if absent."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from runtime.net.model import Network, PublishedPort
+from runtime.net.model import Network, PublishedPort, overflow_pattern
 from runtime.run import run
 
 TABLE = "berth"
@@ -86,7 +86,11 @@ def render_table(
     for net in networks:
         br = _q(net.bridge)
         if not net.internal:
-            out.append(f"\t\tip saddr {net.subnet} oifname != {br} masquerade")
+            # != the overflow bridges too: with br_netfilter loaded, frames bridged
+            # between two containers of the network pass this hook with the
+            # overflow bridge as oifname, and must not be masqueraded.
+            out.append(f"\t\tip saddr {net.subnet} oifname != {br} "
+                       f"oifname != {_q(overflow_pattern(net.id))} masquerade")
             out.append(f"\t\toifname {br} ip saddr 127.0.0.0/8 masquerade")
             out.append(f"\t\toifname {br} ip saddr {net.subnet} ct status dnat masquerade")
     out += ["\t}"]

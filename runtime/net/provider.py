@@ -36,6 +36,8 @@ from runtime.net.model import (
     DEFAULT_BRIDGE,
     DEFAULT_NETWORK,
     DEFAULT_SUBNET,
+    OVERFLOW_PREFIX,
+    TRUNK_PREFIX,
     Attachment,
     ContainerNetConfig,
     ContainerNetResult,
@@ -49,6 +51,7 @@ from runtime.net.model import (
     NetworkSpec,
     PortBinding,
     PublishedPort,
+    overflow_names,
 )
 from runtime.net.netlink import (
     HOST_IF_PREFIX,
@@ -62,6 +65,9 @@ log = logging.getLogger("berth.net")
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 RESERVED = ("bridge", "host", "none", "default")
+# Containers per Linux bridge before an overflow bridge is added (the kernel's
+# limit is 1023 ports; a few stay free for the trunks to overflow bridges).
+BRIDGE_PORTS = 1000
 
 
 class NetworkExists(NetError):
@@ -83,8 +89,10 @@ class NetworkService:
 
     def __init__(self, db: sqlite3.Connection, *, host_netns: Path | None = None,
                  table: str = nftables.TABLE,
-                 resolv_conf: Path = Path("/etc/resolv.conf")) -> None:
+                 resolv_conf: Path = Path("/etc/resolv.conf"),
+                 bridge_ports: int = BRIDGE_PORTS) -> None:
         self.db = db
+        self.bridge_ports = bridge_ports
         self.host_netns = host_netns
         self.table = table
         self.resolv_conf = resolv_conf
@@ -102,18 +110,29 @@ class NetworkService:
         """Make the kernel match the records: default network, bridges, nft, DNS."""
         self._ensure_default()
         nets = records.list_networks(self.db)
-        known_ifs = {e.host_ifname for e in records.endpoints(self.db)}
+        eps = records.endpoints(self.db)
+        known_ifs = {e.host_ifname for e in eps}
         bridges = {n.bridge for n in nets}
+        overflows = {self._overflow_of(e) for e in eps if e.bridge not in bridges}
+        keep = known_ifs | bridges | {name for o in overflows for name in o[1:]}
         for name in await asyncio.to_thread(self.netlink.link_names):
-            stale_veth = name.startswith(HOST_IF_PREFIX) and name not in known_ifs
-            stale_bridge = name.startswith(USER_BRIDGE_PREFIX) and name not in bridges
-            if stale_veth or stale_bridge:
+            ours = name.startswith((HOST_IF_PREFIX, USER_BRIDGE_PREFIX, OVERFLOW_PREFIX,
+                                    TRUNK_PREFIX))
+            if ours and name not in keep:
                 log.info("removing %s left behind by an earlier berthd", name)
                 await asyncio.to_thread(self.netlink.delete_link, name)
         # Forwarding is per namespace: on for the host side of the bridges.
         await asyncio.to_thread(write_sysctl, self.host_netns, "net.ipv4.ip_forward", "1")
+        # Bridged frames must not pass the IP hooks (br_netfilter, when loaded):
+        # Berth's rules are for routed traffic; the image's sysctl.d says the same.
+        for key in ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables",
+                    "net.bridge.bridge-nf-call-arptables"):
+            with contextlib.suppress(NetError):
+                await asyncio.to_thread(write_sysctl, self.host_netns, key, "0")
         for net in nets:
             await self._ensure_bridge(net)
+        for o in sorted(overflows):
+            await asyncio.to_thread(self.netlink.ensure_overflow, *o)
         await self._sync_nft()
         for net in nets:
             await self._start_dns(net)
@@ -137,7 +156,7 @@ class NetworkService:
         after every container is gone."""
         await self.close()
         for net in records.list_networks(self.db):
-            await asyncio.to_thread(self.netlink.delete_link, net.bridge)
+            await self._delete_bridges(net)
         await asyncio.to_thread(nftables.apply, nftables.delete_table_script(self.table),
                                 self.host_netns)
         self.netlink.close()
@@ -221,8 +240,15 @@ class NetworkService:
         if dns is not None:
             await dns.close()
         records.delete_network(self.db, net.id)
-        await asyncio.to_thread(self.netlink.delete_link, net.bridge)
+        await self._delete_bridges(net)
         await self._sync_nft()
+
+    async def _delete_bridges(self, net: Network) -> None:
+        """The network's bridge, its overflow bridges and their trunks."""
+        for name in await asyncio.to_thread(self.netlink.link_names):
+            if name.startswith((OVERFLOW_PREFIX + net.id[:9], TRUNK_PREFIX + net.id[:9])):
+                await asyncio.to_thread(self.netlink.delete_link, name)
+        await asyncio.to_thread(self.netlink.delete_link, net.bridge)
 
     async def _ensure_bridge(self, net: Network) -> None:
         prefix = ipaddress.IPv4Network(net.subnet).prefixlen
@@ -313,13 +339,16 @@ class NetworkService:
                       default_route: bool | None = None) -> Endpoint:
         host_ifname = HOST_IF_PREFIX + secrets.token_hex(6)[:11]
         aliases = tuple(dict.fromkeys(a.aliases))
+        bridge = self._bridge_with_room(net)
         ep = records.allocate_endpoint(
             self.db, net, container_id, name=name, aliases=aliases, host_ifname=host_ifname,
-            ifname=f"eth{n}", static_ip=a.ip)
+            ifname=f"eth{n}", static_ip=a.ip, bridge=bridge)
         route = (n == 0) if default_route is None else default_route
         try:
+            if bridge != net.bridge:
+                await asyncio.to_thread(self.netlink.ensure_overflow, *self._overflow_of(ep))
             await self.netlink.attach(
-                bridge=net.bridge, host_ifname=host_ifname,
+                bridge=bridge, host_ifname=host_ifname,
                 netns=netns_path, ifname=ep.ifname, mac=ep.mac, address=ep.address,
                 prefixlen=ep.prefixlen, gateway=net.gateway if route and not net.internal
                 else None)
@@ -328,6 +357,23 @@ class NetworkService:
             raise
         self._refresh_names(net.id)
         return ep
+
+    def _bridge_with_room(self, net: Network) -> str:
+        """The network's bridge, or the first overflow bridge with a free port
+        (a Linux bridge takes at most 1023 ports: BR_MAX_PORTS)."""
+        usage = records.bridge_usage(self.db, net.id)
+        k = 0
+        while True:
+            name = net.bridge if k == 0 else overflow_names(net.id, k)[0]
+            if usage.get(name, 0) < self.bridge_ports:
+                return name
+            k += 1
+
+    def _overflow_of(self, ep: Endpoint) -> tuple[str, str, str, str]:
+        """(network bridge, overflow bridge, trunk, trunk peer) of an overflow endpoint."""
+        net = next(n for n in records.list_networks(self.db) if n.id == ep.network_id)
+        k = int(ep.bridge[-3:], 16)
+        return (net.bridge, *overflow_names(net.id, k))
 
     async def _detach(self, ep: Endpoint) -> None:
         await asyncio.to_thread(self.netlink.delete_link, ep.host_ifname)

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS net_endpoints (
     network_id TEXT NOT NULL REFERENCES net_networks(id),
     address INTEGER NOT NULL,
     host_ifname TEXT NOT NULL UNIQUE,
+    bridge TEXT NOT NULL,
     ifname TEXT NOT NULL,
     mac TEXT NOT NULL,
     aliases TEXT NOT NULL,
@@ -130,6 +131,7 @@ def _endpoint(row: sqlite3.Row) -> Endpoint:
         network=row["net_name"], host_ifname=row["host_ifname"], ifname=row["ifname"],
         address=addr, prefixlen=int(row["subnet"].split("/")[1]), gateway=row["gateway"],
         mac=row["mac"], aliases=tuple(json.loads(row["aliases"])), name=row["name"],
+        bridge=row["bridge"],
     )
 
 
@@ -140,6 +142,7 @@ _ENDPOINTS = ("SELECT e.*, n.name AS net_name, n.subnet, n.gateway FROM net_endp
 def allocate_endpoint(
     conn: sqlite3.Connection, net: Network, container_id: str, *, name: str,
     aliases: Sequence[str], host_ifname: str, ifname: str, static_ip: str = "",
+    bridge: str = "",
 ) -> Endpoint:
     """Take an address on `net` for the container and record its endpoint, atomically."""
     with transaction(conn):
@@ -153,10 +156,10 @@ def allocate_endpoint(
             addr = ipam.next_address(net.name, net.subnet, net.gateway, used, cursor)
             conn.execute("UPDATE net_networks SET cursor = ? WHERE id = ?", (addr, net.id))
         conn.execute(
-            "INSERT INTO net_endpoints (container_id, network_id, address, host_ifname, ifname,"
-            " mac, aliases, name) VALUES (?,?,?,?,?,?,?,?)",
-            (container_id, net.id, addr, host_ifname, ifname, ipam.mac_for(ipam.to_str(addr)),
-             json.dumps(list(aliases)), name),
+            "INSERT INTO net_endpoints (container_id, network_id, address, host_ifname, bridge,"
+            " ifname, mac, aliases, name) VALUES (?,?,?,?,?,?,?,?,?)",
+            (container_id, net.id, addr, host_ifname, bridge or net.bridge, ifname,
+             ipam.mac_for(ipam.to_str(addr)), json.dumps(list(aliases)), name),
         )
     return endpoints(conn, container_id=container_id, network_id=net.id)[0]
 
@@ -172,6 +175,13 @@ def endpoints(conn: sqlite3.Connection, *, container_id: str | None = None,
         args.append(network_id)
     sql = _ENDPOINTS + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY e.rowid"
     return [_endpoint(r) for r in conn.execute(sql, args)]
+
+
+def bridge_usage(conn: sqlite3.Connection, network_id: str) -> dict[str, int]:
+    """Endpoints per Linux bridge of a network (its own and its overflow bridges)."""
+    return {r[0]: r[1] for r in conn.execute(
+        "SELECT bridge, COUNT(*) FROM net_endpoints WHERE network_id = ? GROUP BY bridge",
+        (network_id,))}
 
 
 def delete_endpoint(conn: sqlite3.Connection, container_id: str, network_id: str) -> None:

@@ -234,3 +234,36 @@ def test_nothing_is_left_after_failed_starts_and_removal(net: Lab) -> None:
     assert net.host("ip", "-o", "link").stdout.count("\n") == 1  # lo only
     assert net.host("nft", "list", "ruleset").stdout.strip() == ""
     assert "inet " not in net.host("ip", "-o", "addr").stdout.replace("inet 127.0.0.1/8", "")
+
+
+def test_a_network_outgrows_one_bridge_through_overflow_bridges(netns: NetNS,
+                                                                tmp_path: Path) -> None:
+    # A Linux bridge takes 1023 ports; with 2 per bridge, 5 containers need 3 bridges.
+    with lab(netns.name, tmp_path) as net:
+        net.service.bridge_ports = 2
+        add_outside(net)
+        net.loop.call(net.service.create_network(NetworkSpec("big")))
+        cs = [net.container(f"c{i}") for i in range(5)]
+        res = [net.setup(c, ContainerNetConfig(
+            name=c.name, hostname=c.name, attachments=(Attachment("big"),),
+            ports=(PortBinding(80, Proto.TCP, "", 8080),) if c.name == "c4" else ()))
+            for c in cs]
+        assert len({r.endpoints[0].bridge for r in res}) == 3
+        web_server(net, cs[0])
+        web_server(net, cs[4])
+        assert curl(cs[4], "http://c0/") == "hello from c0\n"  # across two overflow bridges
+        assert curl(cs[0], "http://c4/") == "hello from c4\n"
+        assert curl(cs[3], f"http://{OUTSIDE_ADDR}/") == HOST_ADDR
+        assert curl(net, "http://127.0.0.1:8080/") == "hello from c4\n"
+        gw = res[0].endpoints[0].gateway
+        assert curl(cs[4], f"http://{gw}:8080/") == "hello from c4\n"  # hairpin via trunk
+        # a restarted daemon keeps the overflow bridges its containers are in
+        net.loop.call(net.service.close())
+        net.service = net.new_service()
+        net.service.bridge_ports = 2
+        assert curl(cs[4], "http://c0/") == "hello from c0\n"
+        for c in cs:
+            net.loop.call(net.service.teardown(net.cid(c)))
+        net.loop.call(net.service.remove_network("big"))
+        left = net.host("ip", "-o", "link").stdout
+        assert not any(f": {p}" in left for p in ("bx", "tx", "ty", "br-", "vb"))

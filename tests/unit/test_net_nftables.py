@@ -35,7 +35,8 @@ def test_published_ports_become_dnat_rules_address_specific_first() -> None:
 
 def test_masquerade_and_isolation_between_networks() -> None:
     text = render_table([DEFAULT, USER, INTERNAL], [])
-    assert 'ip saddr 10.88.0.0/16 oifname != "berth0" masquerade' in text
+    assert ('ip saddr 10.88.0.0/16 oifname != "berth0" oifname != "bxddddddddd*" masquerade'
+            in text)
     assert 'oifname "berth0" ip saddr 127.0.0.0/8 masquerade' in text
     assert 'iifname "berth0" oifname "br-uuu" drop' in text
     assert 'iifname "br-uuu" oifname "berth0" drop' in text
