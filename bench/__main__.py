@@ -18,6 +18,7 @@ BENCHMARKS: list[str] = [
     "bench.density",
     "bench.fleet",
     "bench.net",
+    "bench.registry",
     "bench.update",
 ]
 

@@ -93,6 +93,7 @@ class Faults:
     truncate_blobs: int = 0  # cut the next N blob bodies in half (then close)
     stall_blobs: int = 0  # send half a blob body, then stall
     corrupt_blobs: bool = False  # flip a byte in every blob body
+    corrupt_only: str = ""  # ... or only in the blob of this digest
     lie_manifest_size: bool = False  # announce layers 1 byte larger than they are
     oversize_manifest: bool = False  # answer manifests with 5 MiB of padding
     ignore_range: bool = False  # answer Range requests with the full body (200)
@@ -174,7 +175,8 @@ class FaultProxy:
             if is_manifest and (f.lie_manifest_size or f.oversize_manifest):
                 data = self._spoil_manifest(data)
                 out_headers.pop("Docker-Content-Digest", None)
-            if is_blob and f.corrupt_blobs and data:
+            spoil = f.corrupt_blobs or (f.corrupt_only and f.corrupt_only in req.path)
+            if is_blob and spoil and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             if is_blob and (f.truncate_blobs > 0 or f.stall_blobs > 0):
                 return await self._spoiled_blob(req, up.status, out_headers, data)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from runtime.oci import Descriptor, Index, Manifest, is_index
+from runtime.oci import Descriptor, Index, Manifest, diff_ids_of, is_index
 from runtime.progress import NullProgress, Progress
 from runtime.registry.auth import Credentials, CredentialStore
 from runtime.registry.client import RegistryClient, RegistryError
@@ -101,40 +101,70 @@ async def pull(store: ImageStore, client: RegistryClient, ref: str, *,
     if manifest.config.size > client.options.max_manifest:
         raise RegistryError(str(r), f"image config of {manifest.config.size} bytes refused")
     descs = [manifest.config, *manifest.layers]
-    with store.pinned(d.digest for d in descs):
-        fetched = await _fetch_all(store, client, r, descs, prog)
-        _record_sources(store, [d.digest for d in descs], r.domain, r.path)
-        rec = await asyncio.to_thread(
-            store.add_image, data, tags=[r.tagged] if r.tag else [],
-            repo_digest=(r.name, digest))
+    # Layers unpacked but not yet recorded are pinned against sweep_layers; if
+    # the pull fails they are swept at once (the verified blobs stay, so a
+    # retry does not download them again).
+    try:
+        with store.pinned(d.digest for d in descs):
+            fetched = 0
+            if not store.blobs.has(manifest.config.digest):
+                await client.fetch_blob(r.domain, r.path, manifest.config, store.blobs)
+                fetched += 1
+            diff_ids = diff_ids_of(store.config_doc_of_blob(manifest.config.digest))
+            if len(diff_ids) != len(manifest.layers):
+                raise RegistryError(str(r), f"manifest has {len(manifest.layers)} layers, its "
+                                    f"config {len(diff_ids)} diff ids")
+            with store.pinned(diff_ids):
+                fetched += await _fetch_layers(store, client, r, manifest, diff_ids, prog)
+                _record_sources(store, [d.digest for d in descs], r.domain, r.path)
+                rec = await asyncio.to_thread(
+                    store.add_image, data, tags=[r.tagged] if r.tag else [],
+                    repo_digest=(r.name, digest))
+    except BaseException:
+        await asyncio.to_thread(store.sweep_layers)
+        raise
     prog.message(f"Digest: {digest}")
     prog.message(f"Status: Downloaded newer image for {r.familiar}" if fetched else
                  f"Status: Image is up to date for {r.familiar}")
     return PullResult(rec, r, digest, fetched)
 
 
-async def _fetch_all(store: ImageStore, client: RegistryClient, r: Reference,
-                     descs: list[Descriptor], prog: Progress) -> int:
+async def _fetch_layers(store: ImageStore, client: RegistryClient, r: Reference,
+                        manifest: Manifest, diff_ids: Sequence[str], prog: Progress) -> int:
+    """Layers in parallel, each unpacked (in a thread) as soon as it has landed."""
     sem = asyncio.Semaphore(client.options.parallel)
-    missing = [d for d in descs if not store.blobs.has(d.digest)]
-    for d in descs:
-        if d not in missing:
+
+    async def one(d: Descriptor, diff_id: str) -> bool:
+        if store.layers.has(diff_id) or store.blobs.has(d.digest):
             prog.done(d.digest, "Already exists")
+            got = False
+        else:
+            async with sem:
+                await client.fetch_blob(r.domain, r.path, d, store.blobs, prog)
+            got = True
+        prog.start(d.digest, "Extracting", None)
+        # A thread cannot be cancelled: shield it and let a failing pull wait
+        # for it, so that no layer lands after the failed pull swept up.
+        unpack = asyncio.ensure_future(asyncio.to_thread(store.unpack_layer, d.digest, diff_id))
+        unpacks.append(unpack)
+        await asyncio.shield(unpack)
+        prog.done(d.digest, "Pull complete")
+        return got
 
-    async def one(d: Descriptor) -> None:
-        async with sem:
-            await client.fetch_blob(r.domain, r.path, d, store.blobs, prog)
-
-    tasks = [asyncio.create_task(one(d)) for d in missing]
+    unpacks: list[asyncio.Future[int]] = []
+    tasks = [asyncio.create_task(one(d, diff))
+             for d, diff in zip(manifest.layers, diff_ids, strict=True)]
     try:
-        await asyncio.gather(*tasks)
+        results = await asyncio.gather(*tasks)
     except BaseException:
         for t in tasks:
             t.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*unpacks, return_exceptions=True)
         raise
-    return len(missing)
+    return sum(results)
 
 
 async def push(store: ImageStore, client: RegistryClient, ref: str, *,

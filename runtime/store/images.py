@@ -151,6 +151,7 @@ class ImageStore:
         self.lock = threading.RLock()
         self._pins: Counter[str] = Counter()
         self._configs: dict[str, dict[str, Any]] = {}
+        self._sizes: dict[str, int] = {}
         # Other record owners (signatures) name blobs they keep alive.
         self.blob_roots: list[Callable[[], Collection[str]]] = []
         self.layers.sweep_temporaries()
@@ -205,6 +206,16 @@ class ImageStore:
         if doc is None:
             doc = json.loads(self.blobs.read(image_id))
             self._configs[image_id] = doc
+        return doc
+
+    def config_doc_of_blob(self, digest: str) -> dict[str, Any]:
+        """Parse a config blob that may not belong to any image yet (a pull)."""
+        try:
+            doc = json.loads(self.blobs.read(digest))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidManifest(f"image config {digest} is not JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise InvalidManifest(f"image config {digest} is not an object")
         return doc
 
     def image_config(self, image_id: str) -> ImageConfig:
@@ -271,14 +282,7 @@ class ImageStore:
         """
         manifest = Manifest.parse(manifest_data)
         names = [_tag_name(t) for t in tags]
-        config_data = self.blobs.read(manifest.config.digest)
-        try:
-            config = json.loads(config_data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidManifest(f"image config {manifest.config.digest} is not JSON: "
-                                  f"{e}") from None
-        if not isinstance(config, dict):
-            raise InvalidManifest(f"image config {manifest.config.digest} is not an object")
+        config = self.config_doc_of_blob(manifest.config.digest)
         diff_ids = diff_ids_of(config)
         image_config_from_json(config.get("config"))  # validate before recording
         if len(diff_ids) != len(manifest.layers):
@@ -319,16 +323,39 @@ class ImageStore:
 
     def _unpack_all(self, manifest: Manifest, diff_ids: Sequence[str],
                     limits: ExtractLimits | None) -> list[int]:
-        sizes: list[int] = []
-        for desc, diff in zip(manifest.layers, diff_ids, strict=True):
-            row = self._row("SELECT size FROM layers WHERE diff_id=?", diff)
-            if self.layers.has(diff):
-                sizes.append(int(row[0]) if row else self.layers.disk_usage(diff))
-                continue
-            with self.blobs.open(desc.digest) as f:
-                stats = self.layers.unpack(f, diff, desc.digest, limits)
-            sizes.append(stats.size)
-        return sizes
+        return [self.unpack_layer(desc.digest, diff, limits)
+                for desc, diff in zip(manifest.layers, diff_ids, strict=True)]
+
+    def unpack_layer(self, blob: str, diff_id: str, limits: ExtractLimits | None = None) -> int:
+        """Unpack one layer blob (if not yet on disk) checking its DiffID; its size.
+
+        Pulls call this as each layer arrives, so unpacking overlaps the
+        downloads; the caller pins `diff_id` until the image is recorded.
+        """
+        row = self._row("SELECT size FROM layers WHERE diff_id=?", diff_id)
+        if self.layers.has(diff_id):
+            if row:
+                return int(row[0])
+            if diff_id not in self._sizes:
+                self._sizes[diff_id] = self.layers.disk_usage(diff_id)
+            return self._sizes[diff_id]
+        with self.blobs.open(blob) as f:
+            stats = self.layers.unpack(f, diff_id, blob, limits)
+        self._sizes[diff_id] = stats.size
+        return stats.size
+
+    def sweep_layers(self) -> int:
+        """Remove unpacked layers no image records (a pull that failed after unpacking)."""
+        removed = 0
+        with self.lock:
+            used = {str(r[0]) for r in self.conn.execute("SELECT diff_id FROM image_layers")}
+            for p in self.layers.dir.iterdir():
+                diff = f"sha256:{p.name}"
+                if len(p.name) == 64 and diff not in used and not self._pins[diff]:
+                    self.layers.remove(diff)
+                    self._sizes.pop(diff, None)
+                    removed += 1
+        return removed
 
     def tag(self, source: str, target: str) -> str:
         """Point `target` (name[:tag]) at the image `source` names; returns the tag."""
@@ -406,6 +433,7 @@ class ImageStore:
                 before = self._disk_bytes()
                 deleted += self._delete(rec.id)
                 reclaimed += max(0, before - self._disk_bytes())
+        self.sweep_layers()
         reclaimed += self.sweep_blobs()
         return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 

@@ -21,6 +21,7 @@ from runtime.registry.auth import CredentialStore
 from runtime.registry.client import RegistryClient, RegistryError, RegistryOptions, Unauthorized
 from runtime.registry.transfer import PullResult, PushResult, login, logout, pull, push
 from runtime.store.archive import import_rootfs, save
+from runtime.store.commit import commit_layer, create_image
 from runtime.store.images import ImageStore
 from tests.faultproxy import FaultProxy, Faults, Registry, busybox_rootfs, start_registry
 
@@ -305,3 +306,30 @@ def test_descriptor_sizes_checked_before_storing(tmp_path: Path, registry: Regis
                 await c.fetch_blob(registry.host, "bad/app", wrong, store.blobs)
     asyncio.run(go())
     assert list(store.blobs) == []
+
+
+def test_failed_multi_layer_pull_leaves_no_layer_behind(tmp_path: Path, registry: Registry,
+                                                        busybox_tar: bytes) -> None:
+    ref = f"{registry.host}/multi/layers:1"
+    src = local_image(tmp_path, busybox_tar, "base:1")
+    layers = []
+    for i in range(3):
+        tree = tmp_path / f"tree{i}"
+        tree.mkdir()
+        (tree / f"file{i}").write_bytes(os.urandom(100_000))
+        layers.append(commit_layer(src, tree))
+    create_image(src, base=src.lookup("base:1"), layers=layers, tags=[ref])
+    push_sync(src, ref, opts(registry.host))
+    store = ImageStore(tmp_path / "p")
+    faults = Faults(corrupt_only=layers[2].blob)
+    with pytest.raises(RegistryError, match=layers[2].blob):
+        with_proxy(registry, faults, lambda p: pull_via(p, store, "multi/layers:1"))
+    nothing_stored(store)
+    # verified blobs stay in the store: the retry does not fetch them again
+    faults.corrupt_only = ""
+    faults.seen.clear()
+    result = with_proxy(registry, faults, lambda p: pull_via(p, store, "multi/layers:1"))
+    config_digest = src.lookup(ref)
+    assert not any(config_digest in s for s in faults.seen)
+    assert any(layers[2].blob in s for s in faults.seen)
+    assert len(store.resolve(result.image.id).layer_dirs) == 4
