@@ -13,8 +13,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 
@@ -47,6 +49,42 @@ def parse_challenge(header: str) -> Challenge:
     params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
               for m in _PARAM.finditer(rest)}
     return Challenge(scheme.lower(), params)
+
+
+class CredentialSource(Protocol):
+    def get(self, registry: str) -> Credentials | None: ...
+
+
+@dataclass(frozen=True)
+class StaticCredentials:
+    """Credentials given with one request (the API's X-Registry-Auth), then the file's."""
+
+    given: Mapping[str, Credentials]
+    fallback: CredentialSource | None = None
+
+    def get(self, registry: str) -> Credentials | None:
+        found = self.given.get(registry)
+        if found is None and self.fallback is not None:
+            return self.fallback.get(registry)
+        return found
+
+
+def decode_registry_auth(header: str) -> tuple[str, Credentials] | None:
+    """Docker's X-Registry-Auth: base64url JSON {username, password, serveraddress}."""
+    if not header:
+        return None
+    try:
+        pad = "=" * (-len(header) % 4)
+        doc = json.loads(base64.urlsafe_b64decode(header + pad))
+    except (ValueError, UnicodeDecodeError):
+        raise AuthError("X-Registry-Auth is not base64 JSON") from None
+    if not isinstance(doc, dict) or not doc.get("username"):
+        return None
+    server = str(doc.get("serveraddress") or "docker.io")
+    server = server.removeprefix("https://").removeprefix("http://").split("/")[0]
+    if server == "index.docker.io":
+        server = "docker.io"
+    return server, Credentials(str(doc["username"]), str(doc.get("password") or ""))
 
 
 def default_path() -> Path:

@@ -27,7 +27,7 @@ import aiohttp
 
 from runtime.oci import Descriptor, MediaType, Platform
 from runtime.progress import NullProgress, Progress
-from runtime.registry.auth import AuthError, Challenge, CredentialStore, parse_challenge
+from runtime.registry.auth import AuthError, Challenge, CredentialSource, parse_challenge
 from runtime.store.blobs import CHUNK, BlobError, BlobStore, DigestMismatch
 
 log = logging.getLogger("berth.registry")
@@ -89,7 +89,7 @@ class RegistryClient:
     """One client per operation batch; `async with RegistryClient(...) as c`."""
 
     def __init__(self, options: RegistryOptions | None = None,
-                 credentials: CredentialStore | None = None) -> None:
+                 credentials: CredentialSource | None = None) -> None:
         self.options = options or RegistryOptions()
         self.credentials = credentials
         self._session: aiohttp.ClientSession | None = None

@@ -219,7 +219,9 @@ def blob_sources(store: ImageStore, blob: str) -> Iterator[tuple[str, str]]:
 
 async def login(client: RegistryClient, domain: str, username: str, password: str) -> None:
     """Check the credentials against the registry (GET /v2/), then store them (0600)."""
-    store = client.credentials = client.credentials or CredentialStore()
+    store = client.credentials if isinstance(client.credentials, CredentialStore) \
+        else CredentialStore()
+    client.credentials = store
     previous = store.get(domain)
     store.set(domain, Credentials(username, password))
     try:

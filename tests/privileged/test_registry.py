@@ -19,6 +19,7 @@ import pytest
 from runtime.oci import Descriptor, ImageNotFound, MediaType, sha256_digest
 from runtime.registry.auth import CredentialStore
 from runtime.registry.client import RegistryClient, RegistryError, RegistryOptions, Unauthorized
+from runtime.registry.service import RegistryService
 from runtime.registry.transfer import PullResult, PushResult, login, logout, pull, push
 from runtime.store.archive import import_rootfs, save
 from runtime.store.commit import commit_layer, create_image
@@ -333,3 +334,23 @@ def test_failed_multi_layer_pull_leaves_no_layer_behind(tmp_path: Path, registry
     assert not any(config_digest in s for s in faults.seen)
     assert any(layers[2].blob in s for s in faults.seen)
     assert len(store.resolve(result.image.id).layer_dirs) == 4
+
+
+def test_service_streams_docker_progress_and_errors(tmp_path: Path, registry: Registry,
+                                                    pushed: str) -> None:
+    store = ImageStore(tmp_path / "svc")
+    svc = RegistryService(store, opts(registry.host),
+                          CredentialStore(tmp_path / "auth.json"), tmp_path / "no-policy.json")
+
+    async def collect(ref: str) -> list[dict[str, object]]:
+        return [m async for m in svc.pull(ref)]
+
+    msgs = asyncio.run(collect(f"{registry.host}/{pushed}"))
+    statuses = [m.get("status") for m in msgs]
+    assert "Pull complete" in statuses and "Downloading" in statuses
+    assert any(str(s).startswith("Digest: sha256:") for s in statuses)
+    assert not any("error" in m for m in msgs)
+    svc.check_run(f"{registry.host}/{pushed}")
+    msgs = asyncio.run(collect(f"{registry.host}/bad/missing:1"))
+    assert "manifest unknown" in str(msgs[-1]["error"])
+    assert msgs[-1]["errorDetail"] == {"message": msgs[-1]["error"]}

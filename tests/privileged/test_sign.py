@@ -3,6 +3,7 @@ enforced at pull and at run, against a real docker-registry."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
@@ -29,6 +30,7 @@ from runtime.registry.reference import parse
 from runtime.registry.transfer import pull, push
 from runtime.run import run
 from runtime.sign import keys
+from runtime.sign.cli import register
 from runtime.sign.cosign import SignatureError, sign_image, verify_image
 from runtime.store.archive import import_rootfs
 from runtime.store.images import ImageStore
@@ -207,3 +209,30 @@ def test_policy_enforced_at_pull_and_at_run(tmp_path: Path, registry: Registry,
     asyncio.run(pull_without_policy(unsigned))
     with pytest.raises(PolicyDenied, match=r"team/unsigned:1 refused .* is not signed"):
         check_run(policy, store, unsigned)
+
+
+def berth_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="berth")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    status: int = args.func(args, None)
+    return status
+
+
+def test_cli_verbs_generate_sign_verify(tmp_path: Path, registry: Registry, cosign: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    ref = pushed_image(tmp_path, registry, "cli/app")
+    monkeypatch.setenv("COSIGN_PASSWORD", "pw")
+    prefix = str(tmp_path / "k")
+    assert berth_cli("generate-key-pair", "--output-key-prefix", prefix) == 0
+    assert berth_cli("verify", "--key", f"{prefix}.pub", "--allow-insecure-registry", ref) == 1
+    assert "no signatures found" in capsys.readouterr().err
+    assert berth_cli("sign", "--key", f"{prefix}.key", "--allow-insecure-registry", ref) == 0
+    assert berth_cli("verify", "--key", f"{prefix}.pub", "--allow-insecure-registry", ref) == 0
+    r = cosign_cmd(cosign, tmp_path, "verify", "--key", f"{prefix}.pub",
+                   "--insecure-ignore-tlog", "--allow-insecure-registry", ref)
+    assert r.returncode == 0, r.stderr
+    monkeypatch.setenv("COSIGN_PASSWORD", "wrong")
+    assert berth_cli("sign", "--key", f"{prefix}.key", "--allow-insecure-registry", ref) == 1
+    assert "wrong password" in capsys.readouterr().err
