@@ -165,14 +165,14 @@ def load_policy(path: Path = DEFAULT_PATH) -> TrustPolicy:
 
 
 def record_signatures(store: ImageStore, digest: str, sigs: Sequence[Signature]) -> None:
-    store.conn.executescript(_DDL)
+    store.ensure_schema(_DDL)
     with store.lock, transaction(store.conn):
         store.conn.executemany("INSERT OR IGNORE INTO image_signatures VALUES (?,?,?)",
                                [(digest, s.payload, s.signature) for s in sigs])
 
 
 def recorded_signatures(store: ImageStore, digest: str) -> list[Signature]:
-    store.conn.executescript(_DDL)
+    store.ensure_schema(_DDL)
     rows = store.conn.execute("SELECT payload, signature FROM image_signatures WHERE digest=?",
                               (digest,)).fetchall()
     return [Signature(bytes(r[0]), str(r[1])) for r in rows]

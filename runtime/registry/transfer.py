@@ -65,7 +65,7 @@ class PushResult:
 
 
 def _sources_table(store: ImageStore) -> None:
-    store.conn.executescript(_DDL)
+    store.ensure_schema(_DDL)
 
 
 def _record_sources(store: ImageStore, blobs: list[str], domain: str, repo: str) -> None:

@@ -152,9 +152,22 @@ class ImageStore:
         self._pins: Counter[str] = Counter()
         self._configs: dict[str, dict[str, Any]] = {}
         self._sizes: dict[str, int] = {}
+        self._schemas: set[str] = set()
         # Other record owners (signatures) name blobs they keep alive.
         self.blob_roots: list[Callable[[], Collection[str]]] = []
         self.layers.sweep_temporaries()
+
+    def ensure_schema(self, ddl: str) -> None:
+        """Apply another owner's DDL once, under the write lock.
+
+        executescript COMMITs any open transaction first: never run it while
+        another thread may be inside one on this connection.
+        """
+        if ddl in self._schemas:
+            return
+        with self.lock:
+            self.conn.executescript(ddl)
+            self._schemas.add(ddl)
 
     # --- lookups ---
 
