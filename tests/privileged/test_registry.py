@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import pytest
 
+from runtime.container.manager import ContainerManager
+from runtime.container.spec import CreateRequest
 from runtime.oci import Descriptor, ImageNotFound, MediaType, sha256_digest
 from runtime.registry.auth import CredentialStore
 from runtime.registry.client import RegistryClient, RegistryError, RegistryOptions, Unauthorized
@@ -25,6 +27,8 @@ from runtime.store.archive import import_rootfs, save
 from runtime.store.commit import commit_layer, create_image
 from runtime.store.images import ImageStore
 from tests.faultproxy import FaultProxy, Faults, Registry, busybox_rootfs, start_registry
+from tests.privileged.conftest import NetNS
+from tests.privileged.engine_env import engine_env, output, run_engine
 
 T = TypeVar("T")
 
@@ -354,3 +358,26 @@ def test_service_streams_docker_progress_and_errors(tmp_path: Path, registry: Re
     msgs = asyncio.run(collect(f"{registry.host}/bad/missing:1"))
     assert "manifest unknown" in str(msgs[-1]["error"])
     assert msgs[-1]["errorDetail"] == {"message": msgs[-1]["error"]}
+
+
+def test_what_skopeo_pushes_berth_pulls_and_runs(netns: NetNS, tmp_path: Path,
+                                                 registry: Registry, busybox_tar: bytes) -> None:
+    seed = local_image(tmp_path / "seed", busybox_tar, "seed:1")
+    with (tmp_path / "seed.tar").open("wb") as f:
+        save(seed, ["seed:1"], f)
+    ref = f"{registry.host}/skopeo/runme:1"
+    sh("skopeo", "copy", "-q", "--dest-tls-verify=false", "--format", "oci",
+       "--dest-compress", f"docker-archive:{tmp_path}/seed.tar", f"docker://{ref}")
+    # Pull before the engine moves this test into its network namespace (the
+    # registry listens on the machine's loopback), into the engine's data root.
+    pull_sync(ImageStore(tmp_path / "data"), ref, opts(registry.host))
+    with engine_env(netns, tmp_path) as env:
+        async def scenario(m: ContainerManager) -> tuple[int, str]:
+            rec = await m.create(CreateRequest(image=ref, cmd=("sh", "-c", "echo pulled; "
+                                                                "busybox | head -1")))
+            await m.start(rec.id)
+            res = await m.wait(rec.id)
+            return res.status_code, await output(m, rec.id)
+        code, out = run_engine(env, scenario)
+    assert code == 0
+    assert out.startswith("pulled\nBusyBox v")
