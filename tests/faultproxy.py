@@ -98,6 +98,7 @@ class Faults:
     oversize_manifest: bool = False  # answer manifests with 5 MiB of padding
     ignore_range: bool = False  # answer Range requests with the full body (200)
     auth: tuple[str, str] | None = None  # Bearer auth: the one user:password accepted
+    basic: tuple[str, str] | None = None  # Basic auth on every request instead
     stall_seconds: float = 3600.0
     seen: list[str] = field(default_factory=list)  # "METHOD path [Range]" log
     tokens: set[str] = field(default_factory=set)
@@ -151,6 +152,12 @@ class FaultProxy:
                     {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
                     status=401, headers={"WWW-Authenticate": (
                         f'Bearer realm="http://{self.host}/token",service="faultproxy"')})
+        if f.basic is not None:
+            want = "Basic " + base64.b64encode(":".join(f.basic).encode()).decode()
+            if req.headers.get("Authorization") != want:
+                return web.json_response(
+                    {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+                    status=401, headers={"WWW-Authenticate": 'Basic realm="faultproxy"'})
         if f.errors_5xx > 0:
             f.errors_5xx -= 1
             return web.Response(status=503, text="injected failure")

@@ -381,3 +381,21 @@ def test_what_skopeo_pushes_berth_pulls_and_runs(netns: NetNS, tmp_path: Path,
         code, out = run_engine(env, scenario)
     assert code == 0
     assert out.startswith("pulled\nBusyBox v")
+
+
+def test_basic_auth(tmp_path: Path, registry: Registry, pushed: str) -> None:
+    creds = CredentialStore(tmp_path / "auth.json")
+    store = ImageStore(tmp_path / "p")
+
+    async def scenario(proxy: FaultProxy) -> None:
+        async with RegistryClient(opts(proxy.host), creds) as c:
+            with pytest.raises(Unauthorized, match="berth login"):
+                await pull(store, c, f"{proxy.host}/{pushed}")
+            with pytest.raises(Unauthorized):
+                await login(c, proxy.host, "bob", "nope")
+        async with RegistryClient(opts(proxy.host), creds) as c:
+            await login(c, proxy.host, "bob", "pw")
+            await pull(store, c, f"{proxy.host}/{pushed}")
+
+    with_proxy(registry, Faults(basic=("bob", "pw")), scenario)
+    assert len(store.list_images()) == 1
