@@ -11,7 +11,7 @@ could not give one address to two containers.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterable
+from collections.abc import Container, Iterable
 
 from runtime.net.model import USER_POOL, USER_POOL_LAST, AddressExhausted, NetError
 
@@ -65,7 +65,7 @@ def pick_subnet(taken: Iterable[str]) -> str:
 
 
 def next_address(
-    network: str, subnet: str, gateway: str, used: Collection[int], cursor: int
+    network: str, subnet: str, gateway: str, used: Container[int], cursor: int
 ) -> int:
     """The next free host address after `cursor` (an int address), round robin."""
     net = ipaddress.IPv4Network(subnet)
@@ -82,7 +82,7 @@ def next_address(
 
 
 def check_static(network: str, subnet: str, gateway: str, address: str,
-                 used: Collection[int]) -> int:
+                 used: Container[int]) -> int:
     """A requested `--ip`: inside the subnet, a host address, not the gateway, not used."""
     try:
         ip = ipaddress.IPv4Address(address)

@@ -32,6 +32,7 @@ from runtime.net.model import (
 
 T = TypeVar("T")
 
+NO_IPV6_LL = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}
 LOOPBACK_IFINDEX = 1  # lo is ifindex 1 in every network namespace
 HOST_IF_PREFIX = "vb"
 """Host ends of container veths: `vb` + 11 hex (IFNAMSIZ allows 15 characters)."""
@@ -273,6 +274,7 @@ class Netlink:
                 with IPRoute() as cipr:
                     idx = cipr.link_lookup(ifname=ifname)[0]
                     cipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+                    cipr.link("set", index=idx, af_spec=NO_IPV6_LL)
                     cipr.link("set", index=idx, state="up")
                     cipr.link("set", index=LOOPBACK_IFINDEX, state="up")
                     if gateway:
@@ -297,7 +299,7 @@ class Netlink:
                          peer={"ifname": ifname, "net_ns_fd": fd, "address": mac})
                 # Hairpin: a container reaching its own published port through
                 # the host's address gets its packet back out of the same port.
-                ipr.brport("set", index=self._index(host_ifname), mode=1)
+                ipr.brport("set", index=self._index(host_ifname), mode=1, af_spec=NO_IPV6_LL)
             except NetlinkError as e:
                 self._ignore_missing(host_ifname)
                 raise NetlinkFailed(f"create veth {host_ifname} into {netns}", e) from e

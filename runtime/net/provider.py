@@ -355,7 +355,7 @@ class NetworkService:
         except BaseException:
             records.delete_endpoint(self.db, container_id, net.id)
             raise
-        self._refresh_names(net.id)
+        self._add_names(ep)
         return ep
 
     def _bridge_with_room(self, net: Network) -> str:
@@ -378,7 +378,7 @@ class NetworkService:
     async def _detach(self, ep: Endpoint) -> None:
         await asyncio.to_thread(self.netlink.delete_link, ep.host_ifname)
         records.delete_endpoint(self.db, ep.container_id, ep.network_id)
-        self._refresh_names(ep.network_id)
+        self._drop_names(ep)
 
     async def _publish(self, container_id: str, eps: Sequence[Endpoint],
                        bindings: Sequence[PortBinding]) -> list[PublishedPort]:
@@ -440,17 +440,33 @@ class NetworkService:
 
     # -- DNS -------------------------------------------------------------------
 
+    @staticmethod
+    def _dns_names(ep: Endpoint) -> set[str]:
+        return {n.lower() for n in (ep.name, *ep.aliases, ep.container_id[:12]) if n}
+
     def _refresh_names(self, network_id: str) -> None:
-        names: dict[str, list[str]] = {}
-        ptr: dict[str, str] = {}
+        self._names[network_id] = {}
+        self._ptr[network_id] = {}
         for ep in records.endpoints(self.db, network_id=network_id):
-            if ep.name:
-                ptr[ep.address] = ep.name
-            for n in {ep.name, *ep.aliases, ep.container_id[:12]}:
-                if n:
-                    names.setdefault(n.lower(), []).append(ep.address)
-        self._names[network_id] = names
-        self._ptr[network_id] = ptr
+            self._add_names(ep)
+
+    def _add_names(self, ep: Endpoint) -> None:
+        # Kept incrementally: a rebuild per start would make N starts cost O(N^2).
+        names = self._names.setdefault(ep.network_id, {})
+        for n in self._dns_names(ep):
+            names.setdefault(n, []).append(ep.address)
+        if ep.name:
+            self._ptr.setdefault(ep.network_id, {})[ep.address] = ep.name
+
+    def _drop_names(self, ep: Endpoint) -> None:
+        names = self._names.get(ep.network_id, {})
+        for n in self._dns_names(ep):
+            addrs = [a for a in names.get(n, []) if a != ep.address]
+            if addrs:
+                names[n] = addrs
+            else:
+                names.pop(n, None)
+        self._ptr.get(ep.network_id, {}).pop(ep.address, None)
 
     async def _start_dns(self, net: Network) -> None:
         if net.id in self._dns:
