@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import shutil
+import signal
 import stat
 import subprocess
 import tarfile
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +22,7 @@ from runtime.store.archive import import_rootfs, load, save
 from runtime.store.commit import commit_layer, create_image
 from runtime.store.images import ImageStore
 from tests.faultproxy import busybox_rootfs
+from tests.privileged.conftest import NetNS
 
 
 def sh(*argv: str, env: dict[str, str] | None = None) -> str:
@@ -144,3 +150,63 @@ def test_berth_loads_what_podman_saves(tmp_path: Path, busybox_tar: Path, fmt: s
     img = store.resolve(ref)
     assert img.config.cmd == ("sh",)
     assert (img.layer_dirs[0] / "bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
+
+
+@contextlib.contextmanager
+def start_dockerd(netns: NetNS, tmp: Path) -> Iterator[list[str]]:
+    """Debian's dockerd (MACHINE-NOTES recipe) in the test's netns; yields the docker argv."""
+    base = tmp / "dockerd"
+    base.mkdir()
+    # unix socket paths must fit in 108 bytes: the exec root lives in a short dir
+    short = Path(tempfile.mkdtemp(prefix="bd-"))
+    sock = short / "docker.sock"
+    log = (base / "log").open("wb")
+    proc = subprocess.Popen(netns.argv(
+        "dockerd", "--data-root", str(base / "data"), "--exec-root", str(short / "exec"),
+        "-H", f"unix://{sock}", "--pidfile", str(short / "pid"), "--iptables=false",
+        "--ip-forward=false", "--ip-masq=false", "--bridge=none",
+        "--storage-driver=overlay2"), stdin=subprocess.DEVNULL, stdout=log,
+        stderr=subprocess.STDOUT)
+    docker = ["docker", "-H", f"unix://{sock}"]
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run([*docker, "version"], capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd did not start; see {base / 'log'}")
+            time.sleep(0.2)
+        yield docker
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split()[4] for line in f
+                      if str(base) in line or str(short) in line]
+        for m in reversed(mounts):
+            subprocess.run(["umount", "-l", m], check=False)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.mark.skipif(shutil.which("dockerd") is None, reason="dockerd (docker.io) not installed")
+def test_docker_loads_berths_save_and_berth_loads_dockers(netns: NetNS, tmp_path: Path,
+                                                          busybox_tar: Path) -> None:
+    store = ImageStore(tmp_path / "berth")
+    with busybox_tar.open("rb") as f:
+        iid = import_rootfs(store, f, tag="berth/bb:1", changes=['CMD ["echo", "hi"]']).id
+    with (tmp_path / "save.tar").open("wb") as f:
+        save(store, ["berth/bb:1"], f)
+    with start_dockerd(netns, tmp_path) as docker:
+        sh(*docker, "load", "-i", str(tmp_path / "save.tar"))
+        out = sh(*docker, "run", "--rm", "--network", "none", "berth/bb:1")
+        assert out.strip() == "hi"
+        assert sh(*docker, "image", "inspect", "-f", "{{.Id}}", "berth/bb:1").strip() == iid
+        sh(*docker, "tag", "berth/bb:1", "from/docker:2")
+        sh(*docker, "save", "-o", str(tmp_path / "docker.tar"), "from/docker:2")
+    fresh = ImageStore(tmp_path / "fresh")
+    loaded = load(fresh, tmp_path / "docker.tar")
+    assert [x.image.id for x in loaded] == [iid]
+    assert fresh.resolve("from/docker:2").config.cmd == ("echo", "hi")
