@@ -32,6 +32,7 @@ from runtime.run import run
 from runtime.sign import keys
 from runtime.sign.cli import register
 from runtime.sign.cosign import SignatureError, sign_image, verify_image
+from runtime.sign.provenance import BuildProvenance, attest_image, verified_provenance
 from runtime.store.archive import import_rootfs
 from runtime.store.images import ImageStore
 from tests.faultproxy import Registry, busybox_rootfs, start_registry
@@ -236,3 +237,43 @@ def test_cli_verbs_generate_sign_verify(tmp_path: Path, registry: Registry, cosi
     monkeypatch.setenv("COSIGN_PASSWORD", "wrong")
     assert berth_cli("sign", "--key", f"{prefix}.key", "--allow-insecure-registry", ref) == 1
     assert "wrong password" in capsys.readouterr().err
+
+
+def test_provenance_attestations_interoperate_with_cosign(
+        tmp_path: Path, registry: Registry, cosign: Path,
+        berth_keys: tuple[Path, Path]) -> None:
+    ref = pushed_image(tmp_path, registry, "built/app")
+    scratch = ImageStore(tmp_path / "scratch")
+    key = keys.decrypt_private_key(berth_keys[0].read_bytes(), b"pw")
+    pub = keys.load_public_key(berth_keys[1].read_bytes())
+    prov = BuildProvenance(source_repo="https://git.example/app.git", commit="0123abcd",
+                           dockerfile_digest="sha256:" + "ab" * 32)
+
+    async def read() -> tuple[str, list[dict[str, object]]]:
+        async with RegistryClient(opts(registry)) as c:
+            return await verified_provenance(c, parse(ref), [pub], scratch.blobs)
+
+    async def attest_and_read() -> tuple[str, list[dict[str, object]]]:
+        async with RegistryClient(opts(registry)) as c:
+            await attest_image(c, parse(ref), key, prov, scratch.blobs)
+        return await read()
+    digest, statements = asyncio.run(attest_and_read())
+    assert statements[0]["subject"] == [{"name": f"{registry.host}/built/app",
+                                         "digest": {"sha256": digest.split(":")[1]}}]
+    r = cosign_cmd(cosign, tmp_path, "verify-attestation", "--key", str(berth_keys[1]),
+                   "--type", "slsaprovenance1", "--insecure-ignore-tlog",
+                   "--allow-insecure-registry", ref)
+    assert r.returncode == 0, r.stderr
+    # and the other way: cosign attests, Berth verifies
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps({"buildDefinition": {"buildType": "x",
+                                                    "externalParameters": {}},
+                                "runDetails": {"builder": {"id": "cosign"}}}))
+    r = cosign_cmd(cosign, tmp_path, "attest", "--key", str(berth_keys[0]), "--type",
+                   "slsaprovenance1", "--predicate", str(pred), "--tlog-upload=false",
+                   "--allow-insecure-registry", "-y", ref)
+    assert r.returncode == 0, r.stderr
+    _, statements = asyncio.run(read())
+    builders = sorted(str(s["predicate"]["runDetails"]["builder"]["id"])  # type: ignore[index]
+                      for s in statements)
+    assert builders == ["berth build", "cosign"]

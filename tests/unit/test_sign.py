@@ -20,6 +20,15 @@ from runtime.sign.cosign import (
     signature_tag,
     verify_signatures,
 )
+from runtime.sign.provenance import (
+    BuildProvenance,
+    ProvenanceError,
+    envelope,
+    image_labels,
+    open_envelope,
+    pae,
+    statement,
+)
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -86,3 +95,31 @@ def test_signature_manifest_has_cosigns_shape(pair: keys.KeyPair) -> None:
     doc = json.loads(config)
     assert doc["rootfs"]["diff_ids"] == [sha256_digest(s.payload) for s in sigs]
     assert doc["created"] == "0001-01-01T00:00:00Z"
+
+
+def test_dsse_pae_matches_the_spec_vector() -> None:
+    assert pae("http://example.com/HelloWorld", b"hello world") == \
+        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+
+
+def test_provenance_envelope_round_trip(pair: keys.KeyPair) -> None:
+    key = keys.decrypt_private_key(pair.private_pem, b"pw")
+    prov = BuildProvenance(source_repo="https://git.example/app.git", commit="abc123",
+                           dockerfile_digest="sha256:" + "cd" * 32,
+                           base_images=(("busybox:1", DIGEST),))
+    stmt = statement(parse("r.example/app:1"), DIGEST, prov)
+    env = envelope(stmt, key)
+    pub = keys.load_public_key(pair.public_pem)
+    opened = open_envelope(env, [pub], DIGEST)
+    params = opened["predicate"]["buildDefinition"]["externalParameters"]
+    assert params["source"] == {"uri": "https://git.example/app.git",
+                                "digest": {"gitCommit": "abc123"}}
+    assert params["dockerfile"]["digest"] == {"sha256": "cd" * 32}
+    assert opened["predicateType"] == "https://slsa.dev/provenance/v1"
+    with pytest.raises(ProvenanceError, match="not signed by a trusted key"):
+        open_envelope(env, [ec.generate_private_key(ec.SECP256R1()).public_key()], DIGEST)
+    with pytest.raises(ProvenanceError, match="not sha256:"):
+        open_envelope(env, [pub], "sha256:" + "ef" * 32)
+    assert image_labels(prov) == {"org.opencontainers.image.source": prov.source_repo,
+                                  "org.opencontainers.image.revision": "abc123",
+                                  "dev.berth.dockerfile.digest": prov.dockerfile_digest}
