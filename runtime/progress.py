@@ -14,6 +14,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -84,10 +85,11 @@ class JsonProgress:
 class RichProgress:
     """Bars on a terminal, one per layer; a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         self._bars = _RichBars(TextColumn("{task.fields[item]}"),
                                TextColumn("{task.description:<12}"), BarColumn(),
-                               DownloadColumn(), TransferSpeedColumn(), transient=False)
+                               DownloadColumn(), TransferSpeedColumn(), transient=False,
+                               console=console)
         self._tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> RichProgress:
@@ -117,3 +119,24 @@ class RichProgress:
 
     def message(self, text: str) -> None:
         self._bars.console.print(text)
+
+    def feed(self, msg: dict[str, Any]) -> None:
+        """Draw one of Docker's JSON progress messages (what the API streams to the CLI)."""
+        status, item = str(msg.get("status", "")), msg.get("id")
+        if "error" in msg:
+            self._bars.console.print(f"[red]{msg['error']}[/red]")
+            return
+        if not item:
+            self.message(status)
+            return
+        item = str(item)
+        detail = msg.get("progressDetail") or {}
+        if "current" in detail:
+            if item not in self._tasks:
+                self.start(item, status, detail.get("total"))
+            self._bars.update(self._tasks[item], description=status,
+                              completed=detail["current"], total=detail.get("total"))
+        elif msg.get("progressDetail") == {} or item in self._tasks:
+            self.done(item, status)
+        else:
+            self.start(item, status, None)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
-from runtime.progress import JsonProgress
+from runtime.progress import JsonProgress, RichProgress
 from runtime.registry.auth import (
     AuthError,
     Credentials,
@@ -75,3 +77,21 @@ def test_json_progress_has_dockers_shape() -> None:
          "progressDetail": {"current": 10, "total": 10}},
         {"status": "Pull complete", "id": "abababababab", "progressDetail": {}},
     ]
+
+
+def test_rich_progress_draws_dockers_json_stream() -> None:
+    buf = io.StringIO()
+    out: list[dict[str, Any]] = []
+    digest = "sha256:" + "cd" * 32
+    p = JsonProgress(out.append, interval=0)
+    p.message("1: Pulling from app")
+    p.start(digest, "Downloading", 2048)
+    p.advance(digest, 2048)
+    p.done(digest, "Pull complete")
+    with RichProgress(Console(file=buf, width=100, force_terminal=False)) as bars:
+        for msg in out:
+            bars.feed(msg)
+        bars.feed({"error": "boom", "errorDetail": {"message": "boom"}})
+    text = buf.getvalue()
+    assert "1: Pulling from app" in text and "cdcdcdcdcdcd" in text
+    assert "Pull complete" in text and "boom" in text
