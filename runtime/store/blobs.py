@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,6 +195,24 @@ class BlobStore:
     def drop_partial(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.ingest_dir / f"{digest_hex(digest)}.partial").unlink()
+
+    def sweep_ingest(self, partial_max_age: float | None = None) -> int:
+        """Remove temp files of writes that never finished (a crash), and resumable
+        partial downloads older than `partial_max_age` seconds; returns bytes freed."""
+        freed = 0
+        now = time.time()
+        for p in self.ingest_dir.iterdir():
+            try:
+                st = p.stat()
+                stale = p.name.startswith("tmp-") or (
+                    partial_max_age is not None and p.name.endswith(".partial")
+                    and now - st.st_mtime > partial_max_age)
+                if stale:
+                    p.unlink()
+                    freed += st.st_size
+            except FileNotFoundError:
+                continue
+        return freed
 
     def __iter__(self) -> Iterator[str]:
         for p in self.dir.iterdir():

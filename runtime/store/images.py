@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS image_repo_digests (
 """
 schema("images", _DDL)
 
+PARTIAL_MAX_AGE = 24 * 3600  # resumable downloads older than this go at prune
 _FULL_ID = re.compile(r"^(?:sha256:)?([a-f0-9]{64})$")
 _SHORT_ID = re.compile(r"^(?:sha256:)?([a-f0-9]{1,63})$")
 
@@ -155,7 +156,9 @@ class ImageStore:
         self._schemas: set[str] = set()
         # Other record owners (signatures) name blobs they keep alive.
         self.blob_roots: list[Callable[[], Collection[str]]] = []
+        # Leftovers of a crash. (One ImageStore per data root: berthd's.)
         self.layers.sweep_temporaries()
+        self.blobs.sweep_ingest()
 
     def ensure_schema(self, ddl: str) -> None:
         """Apply another owner's DDL once, under the write lock.
@@ -448,6 +451,7 @@ class ImageStore:
                 reclaimed += max(0, before - self._disk_bytes())
         self.sweep_layers()
         reclaimed += self.sweep_blobs()
+        reclaimed += self.blobs.sweep_ingest(partial_max_age=PARTIAL_MAX_AGE)
         return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
     def _delete(self, iid: str) -> list[dict[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,3 +208,19 @@ def test_apply_changes() -> None:
     assert cfg["Volumes"] == {"/data": {}}
     with pytest.raises(ValueError, match="RUN is not one of"):
         apply_changes({}, ["RUN rm -rf /"])
+
+
+def test_crash_leftovers_are_swept(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "root")
+    ingest = store.blobs.ingest_dir
+    (ingest / "tmp-deadbeef").write_bytes(b"half a blob")
+    old, fresh = ingest / ("a" * 64 + ".partial"), ingest / ("b" * 64 + ".partial")
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    os.utime(old, (0, 0))
+    (store.layers.dir / ".tmp-0123").mkdir()
+    store = ImageStore(tmp_path / "root")  # a restart after a crash
+    assert sorted(p.name for p in ingest.iterdir()) == [old.name, fresh.name]
+    assert list(store.layers.dir.iterdir()) == []
+    store.prune()
+    assert [p.name for p in ingest.iterdir()] == [fresh.name]  # resumable, still young
