@@ -95,6 +95,7 @@ class Faults:
     corrupt_blobs: bool = False  # flip a byte in every blob body
     corrupt_only: str = ""  # ... or only in the blob of this digest
     lie_manifest_size: bool = False  # announce layers 1 byte larger than they are
+    lie_manifest_digest: bool = False  # a Docker-Content-Digest header that is not the body's
     oversize_manifest: bool = False  # answer manifests with 5 MiB of padding
     ignore_range: bool = False  # answer Range requests with the full body (200)
     auth: tuple[str, str] | None = None  # Bearer auth: the one user:password accepted
@@ -182,6 +183,8 @@ class FaultProxy:
             if is_manifest and (f.lie_manifest_size or f.oversize_manifest):
                 data = self._spoil_manifest(data)
                 out_headers.pop("Docker-Content-Digest", None)
+            if is_manifest and f.lie_manifest_digest:
+                out_headers["Docker-Content-Digest"] = "sha256:" + "0" * 64
             spoil = f.corrupt_blobs or (f.corrupt_only and f.corrupt_only in req.path)
             if is_blob and spoil and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]

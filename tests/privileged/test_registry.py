@@ -257,6 +257,7 @@ def test_server_ignoring_range_restarts_the_blob(tmp_path: Path, registry: Regis
     (Faults(corrupt_blobs=True), "has digest sha256:.*expected"),
     (Faults(lie_manifest_size=True), "expected|gave up"),
     (Faults(oversize_manifest=True), "refused"),
+    (Faults(lie_manifest_digest=True), "has digest sha256:.*expected sha256:0000"),
     (Faults(errors_5xx=1000), "gave up after 4 attempts: injected failure|HTTP 503"),
 ])
 def test_lying_or_failing_registry_stores_nothing(tmp_path: Path, registry: Registry,
@@ -399,3 +400,28 @@ def test_basic_auth(tmp_path: Path, registry: Registry, pushed: str) -> None:
 
     with_proxy(registry, Faults(basic=("bob", "pw")), scenario)
     assert len(store.list_images()) == 1
+
+
+def test_push_through_failures_retries_and_never_half_tags(tmp_path: Path, registry: Registry,
+                                                          busybox_tar: bytes) -> None:
+    store = local_image(tmp_path, busybox_tar, "app:1")
+
+    async def push_via(proxy: FaultProxy, name: str, **kw: object) -> PushResult:
+        ref = f"{proxy.host}/{name}"
+        store.tag("app:1", ref)
+        async with RegistryClient(opts(proxy.host, **kw)) as c:
+            return await push(store, c, ref)
+
+    faults = Faults(errors_5xx=3)
+    with_proxy(registry, faults, lambda p: push_via(p, "flaky/app:1"))
+    assert faults.errors_5xx == 0
+    faults = Faults(errors_5xx=1000)
+    with pytest.raises(RegistryError, match="gave up after 4 attempts"):
+        with_proxy(registry, faults, lambda p: push_via(p, "down/app:1"))
+    # the tag never appeared in the registry
+    tags = subprocess.run(["skopeo", "list-tags", "--tls-verify=false",
+                           f"docker://{registry.host}/down/app"], capture_output=True, text=True)
+    assert tags.returncode != 0 or json.loads(tags.stdout)["Tags"] == []
+    info = json.loads(sh("skopeo", "inspect", "--tls-verify=false",
+                         f"docker://{registry.host}/flaky/app:1"))
+    assert info["Layers"] == list(store.get("app:1").layer_blobs)
