@@ -237,3 +237,23 @@ def test_unpack_publishes_under_diff_id(tmp_path: Path) -> None:
     stats = layers.unpack(io.BytesIO(data), None)
     assert layers.has(stats.diff_id)
     assert (layers.path(stats.diff_id) / "a").read_bytes() == b"1"
+
+
+@root_only
+def test_file_capabilities_kept_and_trusted_xattrs_dropped(box: tuple[Path, Path]) -> None:
+    dest, _ = box
+    cap = b"\x01\x00\x00\x02\x00\x20\x00\x00" + b"\x00" * 12  # cap_net_raw+ep, VFS v2
+
+    def add(t: tarfile.TarFile) -> None:
+        ti = tarfile.TarInfo("ping")
+        ti.size, ti.mode = 1, 0o755
+        ti.pax_headers = {
+            "SCHILY.xattr.security.capability": cap.decode("utf-8", "surrogateescape"),
+            "SCHILY.xattr.trusted.overlay.opaque": "y",
+            "SCHILY.xattr.user.note": "hello"}
+        t.addfile(ti, io.BytesIO(b"x"))
+    extract_layer(io.BytesIO(layer(add)), dest)
+    assert os.getxattr(dest / "ping", "security.capability") == cap
+    assert os.getxattr(dest / "ping", "user.note") == b"hello"
+    with pytest.raises(OSError):
+        os.getxattr(dest / "ping", "trusted.overlay.opaque")
