@@ -34,6 +34,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from runtime.oci import ResolvedImage
 from runtime.registry.client import RegistryClient
 from runtime.registry.reference import Reference, parse, try_parse
 from runtime.sign import keys
@@ -60,6 +61,8 @@ class PolicyError(ValueError):
 
 class PolicyDenied(PermissionError):
     """An image the trust policy refuses; the message says which rule and why."""
+
+    http_status = 403  # what the API answers (runtime/api/errors.py reads it)
 
     def __init__(self, image: str, scope: str, why: str) -> None:
         self.image, self.scope = image, scope
@@ -233,3 +236,17 @@ def check_run(policy: TrustPolicy, store: ImageStore, ref: str) -> None:
             if not ok:
                 found = sum(len(recorded_signatures(store, d)) for d in digests)
                 raise PolicyDenied(shown, scope, _unsigned_why(found, rec.manifest_digest))
+
+
+class TrustedResolver:
+    """The engine's ImageResolver with the policy in front: hand this to
+    ContainerManager as `images=` and no container is created from an image
+    the policy refuses (PolicyDenied), without the engine knowing about trust.
+    The policy file is re-read at every call, so edits apply at once."""
+
+    def __init__(self, store: ImageStore, policy_path: Path = DEFAULT_PATH) -> None:
+        self.store, self.policy_path = store, policy_path
+
+    def resolve(self, ref: str) -> ResolvedImage:
+        check_run(load_policy(self.policy_path), self.store, ref)
+        return self.store.resolve(ref)

@@ -57,13 +57,15 @@ class RegistryOptions:
 
 
 class RegistryError(RuntimeError):
+    http_status = 500  # what the API answers (runtime/api/errors.py reads it)
+
     def __init__(self, where: str, why: str) -> None:
         self.where = where
         super().__init__(f"{where}: {why}")
 
 
 class NotFound(RegistryError):
-    pass
+    http_status = 404
 
 
 class Unauthorized(RegistryError):

@@ -23,19 +23,31 @@ from hostos.mkosi import (
     dpkg_extract_cmd,
     update_lists,
 )
+from runtime.container.manager import ContainerManager
+from runtime.container.spec import CreateRequest
+from runtime.events import EventBus
 from runtime.oci import ImageNotFound
-from runtime.policy import PolicyDenied, PolicyGate, check_run, load_policy
+from runtime.policy import (
+    PolicyDenied,
+    PolicyGate,
+    TrustedResolver,
+    check_run,
+    load_policy,
+    record_signatures,
+)
 from runtime.registry.client import RegistryClient, RegistryOptions
 from runtime.registry.reference import parse
 from runtime.registry.transfer import pull, push
 from runtime.run import run
 from runtime.sign import keys
 from runtime.sign.cli import register
-from runtime.sign.cosign import SignatureError, sign_image, verify_image
+from runtime.sign.cosign import SignatureError, make_signature, sign_image, verify_image
 from runtime.sign.provenance import BuildProvenance, attest_image, verified_provenance
 from runtime.store.archive import import_rootfs
 from runtime.store.images import ImageStore
 from tests.faultproxy import Registry, busybox_rootfs, start_registry
+from tests.privileged.conftest import NetNS
+from tests.privileged.engine_env import IMAGE, engine_env, leaks, output
 
 CACHE = Path(os.environ.get("BERTH_CACHE", "/var/cache/berth"))
 
@@ -277,3 +289,39 @@ def test_provenance_attestations_interoperate_with_cosign(
     builders = sorted(str(s["predicate"]["runDetails"]["builder"]["id"])  # type: ignore[index]
                       for s in statements)
     assert builders == ["berth build", "cosign"]
+
+
+def test_engine_refuses_to_run_what_the_policy_refuses(netns: NetNS, tmp_path: Path,
+                                                       berth_keys: tuple[Path, Path]) -> None:
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps({"default": {"type": "accept"}, "scopes": {
+        "busybox": {"type": "signedBy", "keys": [str(berth_keys[1])]}}}))
+    with engine_env(netns, tmp_path) as env:
+        resolver = TrustedResolver(env.images, policy_file)
+
+        async def create(m: ContainerManager) -> str:
+            rec = await m.create(CreateRequest(image=IMAGE, cmd=("echo", "trusted")))
+            await m.start(rec.id)
+            await m.wait(rec.id)
+            return await output(m, rec.id)
+
+        def run_with_policy() -> str:
+            async def main() -> str:
+                m = ContainerManager(env.config(), resolver, EventBus())
+                await m.adopt()
+                try:
+                    return await create(m)
+                finally:
+                    for cid in list(m.containers):
+                        await m.remove(cid, force=True)
+                    await m.shutdown()
+            return asyncio.run(main())
+
+        with pytest.raises(PolicyDenied, match=r"busybox:test refused .* is not signed"):
+            run_with_policy()
+        # sign the local image's manifest digest (as a pull through the gate records it)
+        key = keys.decrypt_private_key(berth_keys[0].read_bytes(), b"pw")
+        digest = env.images.get(IMAGE).manifest_digest
+        record_signatures(env.images, digest, [make_signature(key, parse(IMAGE), digest)])
+        assert run_with_policy() == "trusted\n"
+        assert leaks(env) == []
