@@ -44,12 +44,22 @@ def resources(c: Container) -> Resources:
                      cpu_shares=r.cpu_shares, pids_limit=r.pids_limit, io_weight=r.io_weight)
 
 
+def network_files(mgr: ContainerManager, c: Container) -> tuple[rootfs.Volume, ...]:
+    """/etc/hosts, /etc/resolv.conf, /etc/hostname from the network provider, bound
+    like volumes (bridge modes only). Added by the networking helper (issue 4)."""
+    files_for = getattr(mgr.network, "files_for", None)
+    if files_for is None or c.record.spec.network_mode in ("none", "host"):
+        return ()
+    return tuple(rootfs.Volume(str(src), dst) for dst, src in files_for(c.id).items())
+
+
 def rootfs_spec(mgr: ContainerManager, c: Container) -> rootfs.RootfsSpec:
     rec = c.record
     data, run = mgr.data_dir(c.id), mgr.run_dir(c.id)
     return rootfs.RootfsSpec(
         layers=rec.layers, upper=str(data / "upper"), work=str(data / "work"),
-        rootfs=str(run / "rootfs"), staging=str(run / "stage"), volumes=rec.volumes,
+        rootfs=str(run / "rootfs"), staging=str(run / "stage"),
+        volumes=rec.volumes + network_files(mgr, c),
         read_only=rec.spec.read_only, idmap=rec.uid_base != 0,
         new_netns=rec.spec.network_mode != "host")
 
@@ -99,10 +109,23 @@ async def start(mgr: ContainerManager, c: Container) -> None:
             ns |= Namespace.USER
         if spec.network_mode != "host":
             ns |= Namespace.NET
+        env = spec.env
+        if spec.network_mode not in ("none", "host") and mgr.network is not None:
+            # the provider's /etc files must exist before they are staged, and
+            # --link variables are known before the clone (networking helper)
+            prepare = getattr(mgr.network, "prepare_files", None)
+            if prepare is not None:
+                prepare(c.id)
+            link_env = getattr(mgr.network, "link_env", None)
+            if link_env is not None:
+                try:
+                    env = env + tuple(link_env(_network_request(c)))
+                except Exception as e:  # e.g. a --link to a container that is not running
+                    raise StartError(str(e)) from e
         rspec = rootfs_spec(mgr, c)
         cap_set = caps_mod.resolve(spec.cap_add, spec.cap_drop)
         plan = ChildPlan(
-            steps=tuple(rootfs.container_plan(rspec)), args=spec.args, env=spec.env,
+            steps=tuple(rootfs.container_plan(rspec)), args=spec.args, env=env,
             user=spec.user, working_dir=spec.working_dir, hostname=spec.hostname, caps=cap_set,
             seccomp_bpf=None if spec.seccomp == "unconfined" else default_profile_bpf(cap_set),
             userns=idmap is not None, unshare=Namespace.MOUNT | Namespace.CGROUP, tty=spec.tty)
@@ -149,15 +172,25 @@ def _fan_out(c: Container, data: bytes) -> None:
         q.put_nowait(data)
 
 
+def _network_request(c: Container) -> NetworkRequest:
+    spec = c.record.spec
+    return NetworkRequest(c.id, c.record.name, spec.hostname, spec.network_mode,
+                          c.record.request.network_options)
+
+
 async def _setup_network(mgr: ContainerManager, c: Container, pid: int) -> object:
     assert mgr.network is not None
     path = mgr.netns_path(c.id)
     path.touch(exist_ok=True)
     mgr.sys.mount(f"/proc/{pid}/ns/net", str(path), None, MountFlag.BIND)
-    spec = c.record.spec
-    req = NetworkRequest(c.id, c.record.name, spec.hostname, spec.network_mode,
-                         c.record.request.network_options)
-    result = await mgr.network.setup(c.id, path, req)
+    try:
+        result = await mgr.network.setup(c.id, path, _network_request(c))
+    except (StartError, OSError):
+        raise
+    except Exception as e:
+        # A provider failure (port taken, no such network) fails the start like any
+        # other, so the caller tears the run down (netns file, cgroup) and records it.
+        raise StartError(str(e)) from e
     from runtime.container.codec import to_jsonable
 
     return to_jsonable(result)

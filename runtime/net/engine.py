@@ -34,10 +34,27 @@ class EngineNetwork:
         self.files_root = files_root
 
     def files_for(self, container_id: str) -> dict[str, Path]:
-        """Where setup writes the container's /etc files: fixed in advance, so the
-        engine can put their bind mounts in the rootfs plan before the clone."""
+        """Where setup writes the container's /etc files (dst -> host file): fixed
+        in advance, so the engine can put their bind mounts in the rootfs plan."""
         folder = self.files_root / container_id
         return {f"/etc/{n}": folder / n for n in ("hosts", "resolv.conf", "hostname")}
+
+    def prepare_files(self, container_id: str) -> dict[str, Path]:
+        """files_for, created empty: the engine stages the bind mounts before the
+        clone, and setup then fills these same inodes before the container runs."""
+        files = self.files_for(container_id)
+        (self.files_root / container_id).mkdir(parents=True, exist_ok=True)
+        for path in files.values():
+            path.touch(mode=0o644, exist_ok=True)
+        return files
+
+    def link_env(self, request: NetworkRequest) -> tuple[str, ...]:
+        """The --link variables of a start, known before the clone (the targets
+        run already): the engine adds them to the process environment."""
+        options: Mapping[str, Any] = {**request.options, "NetworkMode": request.mode}
+        config = config_from_options(name=request.name, hostname=request.hostname,
+                                     options=options)
+        return self.service.link_env(config)
 
     async def setup(self, container_id: str, netns_path: Path,
                     request: NetworkRequest) -> NetworkResult:

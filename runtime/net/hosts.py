@@ -1,7 +1,7 @@
 """The files a container's /etc gets from networking: hosts, resolv.conf, hostname.
 
 Rendered as text here; `write_files` puts them in the container's state
-folder (temp + rename) for the engine to bind-mount over /etc.
+folder for the engine to bind-mount over /etc.
 """
 
 from __future__ import annotations
@@ -85,15 +85,15 @@ def render_resolv_conf(nameservers: Sequence[str], search: Sequence[str] = (),
     return "".join(out)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Rename for atomicity (a reader never sees half a file); no fsync: these
-    # live under the exec root (tmpfs) and are rewritten at every start, and an
-    # fsync per file cost more than the whole netlink setup.
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+def _write_in_place(path: Path, text: str) -> None:
+    # In place, not temp + rename: the engine bind-mounts these very inodes into
+    # the container (Docker does the same), and a rename would leave the mount
+    # on the old file. No fsync: they live under the exec root (tmpfs) and are
+    # rewritten at every start. The container is not running yet when they are
+    # written, so nobody reads half a file.
+    with open(path, "w") as f:
         f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    os.chmod(path, 0o644)
 
 
 def write_files(folder: Path, *, hosts: str, resolv_conf: str, hostname: str) -> dict[str, Path]:
@@ -102,6 +102,6 @@ def write_files(folder: Path, *, hosts: str, resolv_conf: str, hostname: str) ->
     out = {}
     for name, text in (("hosts", hosts), ("resolv.conf", resolv_conf),
                        ("hostname", hostname + "\n")):
-        _write_atomic(folder / name, text)
+        _write_in_place(folder / name, text)
         out[f"/etc/{name}"] = folder / name
     return out

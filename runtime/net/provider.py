@@ -296,6 +296,14 @@ class NetworkService:
                                   hostname=config.hostname, env=tuple(env),
                                   endpoints=tuple(eps), ports=tuple(published))
 
+    def link_env(self, config: ContainerNetConfig) -> tuple[str, ...]:
+        """The --link environment variables of config (targets must be attached)."""
+        env: list[str] = []
+        for lk in config.links:
+            lk, ip = self._resolve_link(lk)
+            env += links.link_env(config.name, lk.alias, ip, lk.exposed_ports, lk.env)
+        return tuple(env)
+
     async def teardown(self, container_id: str) -> None:
         """Idempotent: remove the container's veths, addresses and published ports."""
         for ep in records.endpoints(self.db, container_id=container_id):

@@ -21,7 +21,9 @@ import pytest
 from runtime.container.manager import ContainerManager, EngineConfig
 from runtime.container.spec import CreateRequest
 from runtime.events import EventBus
+from runtime.logs import LogOptions
 from runtime.net.engine import EngineNetwork
+from runtime.net.model import NetworkSpec
 from runtime.net.options import options_from_docker
 from runtime.net.provider import NetworkService
 from runtime.store.archive import import_rootfs
@@ -43,8 +45,9 @@ class Engine:
 
     def run(self, name: str, cmd: tuple[str, ...], body: dict[str, Any]) -> str:
         async def go() -> str:
+            mode = (body.get("HostConfig") or {}).get("NetworkMode") or "bridge"
             c = await self.mgr.create(CreateRequest(
-                image="busybox", name=name, cmd=cmd, network_mode="bridge",
+                image="busybox", name=name, cmd=cmd, network_mode=mode,
                 network_options=options_from_docker(body)))
             await self.mgr.start(c.id)
             return c.id
@@ -141,6 +144,8 @@ def test_a_failed_start_leaves_nothing(engine: Engine) -> None:
     assert host_links(engine.ns) == before
     second = engine.mgr.inspect("second")
     assert engine.svc.endpoints(second.id) == []
+    assert not (engine.root / "run" / "netns" / second.id).exists()  # its netns is gone too
+    assert "already allocated" in second.state.error
 
 
 def test_daemon_restart_keeps_published_ports(engine: Engine) -> None:
@@ -205,3 +210,48 @@ def test_kill_9_of_the_daemon_and_restart_keeps_published_ports(netns: NetNS) ->
         assert host_links(netns) == ["lo"]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def logs_of(engine: Engine, ref: str) -> str:
+    async def read() -> str:
+        await engine.mgr.wait(ref)
+        out = b""
+        async for entry in engine.mgr.logs(ref, LogOptions()):
+            out += entry.line
+        return out.decode()
+    return engine.loop.call(read())
+
+
+def test_containers_on_a_user_network_find_each_other_by_name(engine: Engine) -> None:
+    engine.loop.call(engine.svc.create_network(NetworkSpec("app")))
+    web = engine.run("web", ("httpd", "-f", "-p", "80", "-h", "/etc"), {
+        "HostConfig": {"NetworkMode": "app"},
+        "NetworkingConfig": {"EndpointsConfig": {"app": {"Aliases": ["www"]}}}})
+    ip = engine.svc.endpoints(web)[0].address
+    # busybox's nslookup reads the /etc/resolv.conf berth bound into the container
+    engine.run("client", ("sh", "-c", "cat /etc/resolv.conf /etc/hostname; nslookup web; "
+                          "nslookup www; for i in 1 2 3 4 5; do wget -qO- http://$(nslookup web"
+                          " | sed -n 's/^Address: *//p' | tail -1)/hostname && break; sleep 1;"
+                          " done"),
+               {"HostConfig": {"NetworkMode": "app"}})
+    out = logs_of(engine, "client")
+    assert f"nameserver {engine.svc.network('app').gateway}" in out
+    assert out.count(f"Address: {ip}") == 2, out
+    assert out.rstrip().endswith(web[:12]), out  # web's /etc/hostname, fetched by HTTP
+
+
+def test_link_env_and_hosts_in_a_container(engine: Engine) -> None:
+    db = engine.run("db", ("httpd", "-f", "-p", "5432", "-h", "/etc"), {
+        "Env": ["POSTGRES_DB=app"], "ExposedPorts": {"5432/tcp": {}}})
+    ip = engine.svc.endpoints(db)[0].address
+    engine.run("web", ("sh", "-c", "env | grep ^DBA | sort; grep dba /etc/hosts; "
+                       "for i in 1 2 3 4 5; do wget -qO- http://"
+                       "$(sed -n 's/[[:space:]]*dba.*//p' /etc/hosts):5432/hostname && break; "
+                       "sleep 1; done"),
+               {"HostConfig": {"Links": ["/db:/web/dba"]}})
+    out = logs_of(engine, "web")
+    assert f"DBA_PORT_5432_TCP=tcp://{ip}:5432" in out, out
+    assert "DBA_ENV_POSTGRES_DB=app" in out
+    assert "DBA_NAME=/web/dba" in out
+    assert f"{ip}\tdba db" in out
+    assert out.rstrip().endswith(db[:12]), out  # db's /etc/hostname, fetched by HTTP

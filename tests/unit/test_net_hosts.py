@@ -26,9 +26,11 @@ def test_resolv_conf_parse_and_render() -> None:
         "nameserver 10.88.0.1\nsearch a.example b.example\noptions ndots:0\n")
 
 
-def test_write_files_replaces_atomically(tmp_path: Path) -> None:
+def test_write_files_rewrites_the_same_files_a_bind_mount_shows(tmp_path: Path) -> None:
     paths = write_files(tmp_path, hosts="h\n", resolv_conf="r\n", hostname="box")
     assert paths["/etc/hostname"].read_text() == "box\n"
+    inode = paths["/etc/hosts"].stat().st_ino
     write_files(tmp_path, hosts="h2\n", resolv_conf="r\n", hostname="box")
     assert (tmp_path / "hosts").read_text() == "h2\n"
+    assert (tmp_path / "hosts").stat().st_ino == inode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostname", "hosts", "resolv.conf"]
