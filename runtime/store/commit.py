@@ -43,6 +43,21 @@ class CommitError(ValueError):
 
 
 @dataclass(frozen=True)
+class IdShift:
+    """A container's user namespace mapping (container 0 = host `host_base`):
+    committed files get container ids back; ids outside the range become
+    nobody (65534), as the kernel shows them inside the container."""
+
+    host_base: int
+    count: int = 65536
+
+    def to_container(self, host_id: int) -> int:
+        if self.host_base <= host_id < self.host_base + self.count:
+            return host_id - self.host_base
+        return 65534
+
+
+@dataclass(frozen=True)
 class LayerInfo:
     diff_id: str
     blob: str
@@ -71,7 +86,7 @@ class _WriterIO:
         return len(data)
 
 
-def write_layer_tar(src: Path, out: BinaryIO) -> None:
+def write_layer_tar(src: Path, out: BinaryIO, ids: IdShift | None = None) -> None:
     """A layer tar of the tree `src`, overlay whiteouts in tar (`.wh.`) form."""
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -82,15 +97,18 @@ def write_layer_tar(src: Path, out: BinaryIO) -> None:
             for name in names:
                 full = os.path.join(dirpath, name)
                 rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                _add(tar, full, rel, links)
+                _add(tar, full, rel, links, ids)
             # os.walk does not descend into symlinked dirs, but lists them in dirs.
             dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(dirpath, d))]
 
 
-def _add(tar: tarfile.TarFile, full: str, rel: str, links: dict[tuple[int, int], str]) -> None:
+def _add(tar: tarfile.TarFile, full: str, rel: str, links: dict[tuple[int, int], str],
+         ids: IdShift | None) -> None:
     st = os.lstat(full)
     ti = tarfile.TarInfo(rel)
     ti.mode, ti.uid, ti.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+    if ids is not None:
+        ti.uid, ti.gid = ids.to_container(st.st_uid), ids.to_container(st.st_gid)
     ti.mtime = int(st.st_mtime)
     ti.uname = ti.gname = ""
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
@@ -143,10 +161,13 @@ def _xattrs(path: str) -> dict[str, str]:
     return out
 
 
-def commit_layer(store: ImageStore, tree: Path) -> LayerInfo:
-    """Make a layer of `tree` (e.g. a container's overlay upper dir) and unpack it."""
+def commit_layer(store: ImageStore, tree: Path, ids: IdShift | None = None) -> LayerInfo:
+    """Make a layer of `tree` (e.g. a container's overlay upper dir) and unpack it.
+
+    `ids`: the container's uid/gid mapping when its files are owned by a
+    shifted host range (a user-namespaced container's upper dir)."""
     with store.blobs.writer(source=str(tree)) as w:
-        write_layer_tar(tree, cast(BinaryIO, _WriterIO(w)))
+        write_layer_tar(tree, cast(BinaryIO, _WriterIO(w)), ids)
         size = w.offset
         blob = w.commit()
     store.pin(blob)

@@ -15,7 +15,7 @@ from runtime.oci import ImageNotFound
 from runtime.store import views
 from runtime.store.archive import ArchiveError, apply_changes, import_rootfs, load, save
 from runtime.store.blobs import DigestMismatch
-from runtime.store.commit import commit_layer, create_image
+from runtime.store.commit import IdShift, commit_layer, create_image
 from runtime.store.images import ImageConflict, ImageFilters, ImageStore
 
 
@@ -224,3 +224,18 @@ def test_crash_leftovers_are_swept(tmp_path: Path) -> None:
     assert list(store.layers.dir.iterdir()) == []
     store.prune()
     assert [p.name for p in ingest.iterdir()] == [fresh.name]  # resumable, still young
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to other uids needs root")
+def test_commit_shifts_a_user_namespaced_upper_dir_back(store: ImageStore,
+                                                        tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "mine").write_text("x")
+    os.chown(upper / "mine", 100000 + 1000, 100000 + 1000)
+    (upper / "stranger").write_text("y")
+    os.chown(upper / "stranger", 5, 5)
+    layer = commit_layer(store, upper, IdShift(100000))
+    with tarfile.open(store.blobs.path(layer.blob)) as t:
+        owners = {m.name: (m.uid, m.gid) for m in t.getmembers()}
+    assert owners == {"mine": (1000, 1000), "stranger": (65534, 65534)}
