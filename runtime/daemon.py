@@ -17,10 +17,12 @@ import os
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -59,6 +61,11 @@ class DaemonConfig:
     tls: TlsFiles | None = None
     insecure_tcp: bool = False
     log_level: LogLevel = LogLevel.INFO
+    bridge: str = ""                       # "none": no networking service at all
+    userns: bool = True
+    log_driver: str = "auto"
+    insecure_registries: tuple[str, ...] = ()
+    containers_dir: Path | None = None     # declarative containers (containers.d)
 
     @property
     def default_socket(self) -> Path:
@@ -84,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "is root on this host)")
     p.add_argument("-l", "--log-level", type=LogLevel, choices=list(LogLevel),
                    default=LogLevel.INFO, help="default %(default)s")
+    p.add_argument("-b", "--bridge", default="",
+                   help="'none': no container networking (bridge mode falls back to a "
+                        "loopback-only netns); default: the berth0 bridge")
+    p.add_argument("--userns", choices=("default", "host"), default="default",
+                   help="map container root to an unprivileged host range (default) or not")
+    p.add_argument("--log-driver", choices=("auto", "json-file", "journald"), default="auto",
+                   help="container logs: journald where it runs, else json-file (auto)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
+                   help="a registry reached over plain HTTP; repeatable")
+    p.add_argument("--containers-dir", type=Path, default=None,
+                   help="watch this directory of declarative containers (*.toml), e.g. "
+                        "/etc/berth/containers.d")
     return p
 
 
@@ -94,7 +113,11 @@ def config_from_args(argv: Sequence[str] | None = None) -> DaemonConfig:
                               os.environ.get("CREDENTIALS_DIRECTORY"))
     config = DaemonConfig(hosts=hosts, data_root=args.data_root.absolute(),
                           exec_root=args.exec_root.absolute(), tls=tls,
-                          insecure_tcp=args.insecure_tcp, log_level=args.log_level)
+                          insecure_tcp=args.insecure_tcp, log_level=args.log_level,
+                          bridge=args.bridge, userns=args.userns == "default",
+                          log_driver=args.log_driver,
+                          insecure_registries=tuple(args.insecure_registry),
+                          containers_dir=args.containers_dir)
     if tls is None and not config.insecure_tcp and any(h.scheme is Scheme.TCP for h in hosts):
         raise ListenError("tcp:// listeners need mutual TLS: give --tlscacert, --tlscert and "
                           "--tlskey (or the berth.tls.* credentials), or --insecure-tcp")
@@ -167,8 +190,13 @@ async def serve(config: DaemonConfig) -> None:
     ssl_ctx = listeners.server_ssl_context(config.tls) if config.tls else None
     socks, created = take_sockets(config)
     notifier = Notifier()
-    backend = Backend(info=DaemonInfo(data_root=config.data_root, exec_root=config.exec_root))
-    services = await start_services(config, backend)
+    backend = Backend(info=DaemonInfo(data_root=config.data_root, exec_root=config.exec_root,
+                                      engine_id=engine_id(config.data_root)))
+    try:
+        services = await start_services(config, backend)
+    except BaseException:
+        listeners.close_all(socks)
+        raise
     runner = web.AppRunner(make_app(backend), access_log=None,
                            shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
@@ -199,28 +227,99 @@ async def serve(config: DaemonConfig) -> None:
         if watchdog is not None:
             watchdog.cancel()
         await runner.cleanup()
-        await stop_services(services)
+        await services.stop()
         listeners.close_all(socks)
         for path in created:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
 
-async def start_services(config: DaemonConfig, backend: Backend) -> list[object]:
-    """Open the image store and start the engine; returns what to stop, in order."""
+class _EngineImageUsers:
+    """The store's ImageUsers seam: which containers use an image (rmi refuses those)."""
+
+    def __init__(self) -> None:
+        self.manager: Any = None
+
+    def containers_using(self, image_id: str) -> list[str]:
+        if self.manager is None:
+            return []
+        # Called from the store's worker thread: copy before iterating.
+        handles = list(self.manager.containers.values())
+        return [c.id for c in handles if c.record.image_id == image_id]
+
+
+@dataclass
+class Services:
+    """What the daemon started, to stop in reverse order; containers keep running."""
+
+    manager: Any = None
+    network: Any = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.manager is not None:
+            await self.manager.shutdown()
+        if self.network is not None:
+            await self.network.close()
+
+
+def engine_id(data_root: Path) -> str:
+    """A stable id for this daemon's data root (Docker's `info` ID)."""
+    path = data_root / "engine-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        ident = str(uuid.uuid4()).upper()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(ident + "\n")
+        os.replace(tmp, path)
+        return ident
+
+
+async def start_services(config: DaemonConfig, backend: Backend) -> Services:
+    """Open the image store, start networking and the engine, re-adopt containers."""
+    from runtime.container.manager import ContainerManager, EngineConfig
     from runtime.events import EventBus
+    from runtime.registry.client import RegistryOptions
+    from runtime.registry.service import RegistryService
+    from runtime.store.db import open_db
     from runtime.store.images import ImageStore
 
+    services = Services()
     backend.events = EventBus()
-    backend.images = await asyncio.to_thread(ImageStore, config.data_root)
-    return []
+    users = _EngineImageUsers()
+    store = await asyncio.to_thread(ImageStore, config.data_root, users=users)
+    backend.images = store
+    backend.puller = RegistryService(store, RegistryOptions(
+        insecure=frozenset(config.insecure_registries)))
+    db = open_db(config.data_root / "berth.db")
+    provider = None
+    if config.bridge != "none":
+        from runtime.net.engine import EngineNetwork
+        from runtime.net.provider import NetworkService
 
+        net = NetworkService(db)
+        await net.start()
+        services.network = backend.networks = net
+        provider = EngineNetwork(net, files_root=config.exec_root / "net")
+    engine = EngineConfig(root=config.data_root, exec_root=config.exec_root,
+                          userns=config.userns, log_driver=config.log_driver)
+    mgr = ContainerManager(engine, images=store, events=backend.events, network=provider,
+                           db=db)
+    await mgr.adopt()
+    if services.network is not None:
+        await services.network.reconcile({rec.id for rec in mgr.list(all=False)})
+    users.manager = services.manager = backend.containers = mgr
+    if config.containers_dir is not None:
+        from runtime.declarative import Reconciler
 
-async def stop_services(services: list[object]) -> None:
-    for service in reversed(services):
-        close = getattr(service, "aclose", None)
-        if close is not None:
-            await close()
+        reconciler = Reconciler(mgr, config.containers_dir)
+        services.tasks.append(asyncio.create_task(reconciler.watch()))
+    return services
 
 
 def main(argv: Sequence[str] | None = None) -> int:

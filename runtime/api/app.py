@@ -6,14 +6,25 @@ import logging
 
 from aiohttp import web
 
-from runtime.api import events, images, system, versions
+from runtime.api import (
+    containers,
+    events,
+    exec,
+    images,
+    networks,
+    streams,
+    system,
+    update,
+    versions,
+    volumes,
+)
 from runtime.api.backend import BACKEND, Backend
 from runtime.api.errors import Handler, error_middleware, error_response
 from runtime.api.routes import RouteTable
 
 log = logging.getLogger("berth.api")
 
-ROUTERS = (system, events, images)
+ROUTERS = (system, events, images, containers, streams, exec, volumes, networks, update)
 
 
 @web.middleware

@@ -32,6 +32,7 @@ class DaemonInfo:
     kernel: str = field(default_factory=platform.release)
     arch: str = field(default_factory=platform.machine)
     started_at: float = field(default_factory=time.time)
+    engine_id: str = ""
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Backend:
     volumes: Any = None
     events: Any = None
     puller: Any = None
+    networks: Any = None
 
     def publish(self, type: str, action: str, actor_id: str,
                 attributes: dict[str, str] | None = None) -> None:

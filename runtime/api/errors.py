@@ -61,7 +61,9 @@ def error_response(status: int, message: str) -> web.Response:
 _STATUS_BY_EXCEPTION_NAME: dict[str, int] = {
     # 404
     "ImageNotFound": 404, "NoSuchContainer": 404, "NoSuchExec": 404,
-    "NetworkNotFound": 404, "VolumeNotFound": 404, "BlobNotFound": 404,
+    "NetworkNotFound": 404, "VolumeNotFound": 404, "NoSuchVolume": 404, "BlobNotFound": 404,
+    # 304: already in the state asked for (start a running container, stop a stopped one)
+    "NotModified": 304,
     # 409: the object is in a state that forbids the request
     "ImageConflict": 409, "Conflict": 409, "NetworkInUse": 409, "NetworkExists": 409,
     "VolumeInUse": 409, "VolumeExists": 409,
@@ -69,7 +71,7 @@ _STATUS_BY_EXCEPTION_NAME: dict[str, int] = {
     "InvalidRequest": 400, "InvalidReference": 400, "InvalidDigest": 400,
     "InvalidManifest": 400, "ExtractError": 400, "CommitError": 400, "ArchiveError": 400,
     "ChangeError": 400, "BlobError": 400, "AmbiguousImage": 400, "UserError": 400,
-    "BadSubnet": 400, "BadPortSpec": 400, "InvalidVolume": 400,
+    "BadSubnet": 400, "BadPortSpec": 400, "InvalidVolume": 400, "VolumeError": 400,
     # 500 without a traceback: expected failures with a message for the user
     "ContainerError": 500, "NetError": 500, "AuthError": 500,
 }

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import os
+import time
+from pathlib import Path
+from typing import Any
+
 from aiohttp import web
 
 from runtime.api import versions
-from runtime.api.backend import DaemonInfo, backend
+from runtime.api.backend import Backend, DaemonInfo, backend
 from runtime.api.routes import RouteTable
 
 # Docker reports Go's GOARCH names.
@@ -57,6 +64,94 @@ async def version(request: web.Request) -> web.StreamResponse:
     return web.json_response(version_body(backend(request).info))
 
 
+def operating_system() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.partition("=")[2].strip().strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+def info_body(b: Backend, tasks: int = 0) -> dict[str, Any]:
+    """`GET /info` in Docker's shape; counts come from the engine and the store."""
+    info = b.info
+    engine = b.containers.info() if b.containers is not None else None
+    images = len(b.images.list_images()) if b.images is not None else 0
+    missing = set(engine.cgroup_missing) if engine is not None else set()
+    warnings = list(engine.warnings) if engine is not None else []
+    if engine is None:
+        warnings.append("the container engine is not running in this berthd")
+    return {
+        "ID": info.engine_id, "Name": info.hostname, "ServerVersion": info.version,
+        "Containers": engine.containers if engine else 0,
+        "ContainersRunning": engine.running if engine else 0,
+        "ContainersPaused": engine.paused if engine else 0,
+        "ContainersStopped": engine.stopped if engine else 0,
+        "Images": images, "Driver": "overlay2",
+        "DriverStatus": [["Backing Filesystem", "overlayfs"]],
+        "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "none"],
+                    "Authorization": None, "Log": ["json-file", "journald"]},
+        "MemoryLimit": "memory" not in missing, "SwapLimit": "memory" not in missing,
+        "CpuCfsPeriod": "cpu" not in missing, "CpuCfsQuota": "cpu" not in missing,
+        "CPUShares": "cpu" not in missing, "CPUSet": False,
+        "PidsLimit": "pids" not in missing, "IPv4Forwarding": True, "BridgeNfIptables": False,
+        "BridgeNfIp6tables": False, "Debug": False, "NFd": len(os.listdir("/proc/self/fd")),
+        "OomKillDisable": False, "NGoroutines": tasks,
+        "SystemTime": dt.datetime.now(dt.UTC).isoformat(),
+        "LoggingDriver": engine.log_driver if engine else "json-file",
+        "CgroupDriver": "cgroupfs", "CgroupVersion": "2",
+        "NEventsListener": 0, "KernelVersion": info.kernel,
+        "OperatingSystem": operating_system(), "OSVersion": "", "OSType": "linux",
+        "Architecture": info.arch, "NCPU": os.cpu_count() or 1,
+        "MemTotal": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "IndexServerAddress": "", "RegistryConfig": {"IndexConfigs": {},
+                                                     "InsecureRegistryCIDRs": []},
+        "DockerRootDir": str(info.data_root), "HttpProxy": "", "HttpsProxy": "",
+        "NoProxy": "", "Labels": [], "ExperimentalBuild": False,
+        "Runtimes": {"berth": {"path": "berthd"}}, "DefaultRuntime": "berth",
+        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
+                  "ControlAvailable": False, "Error": "", "RemoteManagers": None},
+        "LiveRestoreEnabled": True, "Isolation": "", "InitBinary": "",
+        "SecurityOptions": ["name=seccomp,profile=builtin", "name=no-new-privileges"]
+        + (["name=userns"] if engine is not None and engine.userns else []),
+        "Warnings": warnings or None,
+        "Uptime": time.time() - info.started_at,
+    }
+
+
+async def system_info(request: web.Request) -> web.StreamResponse:
+    b = backend(request)
+    tasks = len(asyncio.all_tasks())  # the event loop's "goroutines"
+    return web.json_response(await asyncio.to_thread(info_body, b, tasks))
+
+
+async def disk_usage(request: web.Request) -> web.StreamResponse:
+    from runtime.api import container_views, volumes
+    from runtime.store import views as image_views
+
+    b = backend(request)
+    store, mgr = b.need("images"), b.need("containers")
+
+    def collect() -> dict[str, Any]:
+        images = [image_views.summary(store, rec) for rec in store.list_images()]
+        containers = []
+        for rec in mgr.list(all=True):
+            doc = container_views.summary_json(rec)
+            upper = mgr.data_dir(rec.id) / "upper"
+            doc["SizeRw"] = sum(p.stat().st_size for p in upper.rglob("*")
+                                if p.is_file() and not p.is_symlink())
+            containers.append(doc)
+        return {"LayersSize": sum(i["Size"] for i in images), "Images": images,
+                "Containers": containers, "Volumes": volumes.disk_usage(mgr),
+                "BuildCache": []}
+
+    return web.json_response(await asyncio.to_thread(collect))
+
+
 def add_routes(table: RouteTable) -> None:
     table.get("/_ping", ping)
     table.get("/version", version)
+    table.get("/info", system_info)
+    table.get("/system/df", disk_usage)

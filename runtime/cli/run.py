@@ -73,8 +73,12 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         streams.write_out(streams.STDERR, f"berth: {e}\n".encode())
         return RUN_FAILED
     condition = "removed" if args.rm else "next-exit"
-    return attach_and_wait(ctx, cid, tty=args.tty, stdin=args.interactive,
-                           condition=condition, start=True)
+    try:
+        return attach_and_wait(ctx, cid, tty=args.tty, stdin=args.interactive,
+                               condition=condition, start=True)
+    except DaemonError as e:
+        streams.write_out(streams.STDERR, f"berth: {e}\n".encode())
+        return RUN_FAILED
 
 
 def cmd_create(args: argparse.Namespace, ctx: Context) -> int:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from pathlib import Path
 from tests.privileged.conftest import NetNS
 
 BERTHD = [sys.executable, "-m", "runtime.daemon"]
+BERTH = [sys.executable, "-m", "runtime.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -77,6 +80,25 @@ class Berthd:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def berth(self, *args: str, input: str | None = None, check: bool = True,
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the `berth` CLI against this daemon (the unix socket needs no netns)."""
+        r = subprocess.run([*BERTH, "-H", self.host, *args], capture_output=True, text=True,
+                           input=input, timeout=timeout, cwd=ROOT,
+                           stdin=None if input is not None else subprocess.DEVNULL)
+        if check and r.returncode != 0:
+            raise AssertionError(f"berth {' '.join(args)} failed ({r.returncode}):\n"
+                                 f"{r.stdout}{r.stderr}\n--- berthd log tail:\n"
+                                 f"{self.log_text()[-3000:]}")
+        return r
+
+    def remove_all_containers(self) -> None:
+        listing = self.request("GET", "/containers/json?all=1")
+        if listing.status != 200:
+            return
+        for c in listing.json():  # type: ignore[union-attr]
+            self.request("DELETE", f"/containers/{c['Id']}?force=1&v=1")
+
 
 def wait_for_ping(sock: Path, proc: subprocess.Popen[bytes], log: Path,
                   timeout: float = 30) -> None:
@@ -104,8 +126,20 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
 
 
 @contextmanager
+def berth_workdir() -> Iterator[Path]:
+    """A temp dir the containers' mapped root users can traverse (pytest's tmp is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="berth-t-"))
+    d.chmod(0o711)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
 def start_berthd(netns: NetNS, workdir: Path, *extra: str, env: dict[str, str] | None = None,
-                 prefix: Sequence[str] = (), wait: bool = True) -> Iterator[Berthd]:
+                 prefix: Sequence[str] = (), wait: bool = True,
+                 cleanup: bool = True) -> Iterator[Berthd]:
     data_root = workdir / "data"
     exec_root = workdir / "exec"
     sock = exec_root / "berthd.sock"
@@ -123,4 +157,6 @@ def start_berthd(netns: NetNS, workdir: Path, *extra: str, env: dict[str, str] |
             wait_for_ping(sock, proc, log)
         yield daemon
     finally:
+        if cleanup and proc.poll() is None:
+            daemon.remove_all_containers()
         stop(proc)

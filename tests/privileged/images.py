@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 from runtime.run import run
@@ -52,3 +53,11 @@ def busybox_rootfs_tar(dest: Path) -> Path:
             entry.mode = 0o644
             tar.addfile(entry, io.BytesIO(data))
     return dest
+
+
+def import_busybox(berth: Callable[..., object], tar_dir: Path,
+                   ref: str = "busybox:latest") -> Path:
+    """Build the busybox rootfs tar in `tar_dir` and `berth import` it as `ref`."""
+    tar = busybox_rootfs_tar(tar_dir / "busybox-rootfs.tar")
+    berth("import", str(tar), ref)
+    return tar

@@ -1,0 +1,211 @@
+"""Container routes: create, start, stop, kill, restart, wait, pause, unpause, inspect,
+json, top, stats, rename, delete, prune, resize (logs and attach are in streams.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from runtime.api import container_views as views
+from runtime.api.backend import backend
+from runtime.api.errors import BadRequest
+from runtime.api.filters import query_bool, query_int, request_filters
+from runtime.api.routes import RouteTable
+from runtime.container.manager import ContainerManager
+from runtime.container.state import WaitCondition
+
+CONTAINER_FILTERS = ("name", "id", "status", "label", "ancestor", "exited")
+STATS_INTERVAL = 1.0
+
+
+def manager(request: web.Request) -> ContainerManager:
+    mgr: ContainerManager = backend(request).need("containers")
+    return mgr
+
+
+def ref(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+def no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+async def json_body(request: web.Request) -> Any:
+    if not request.can_read_body:
+        return {}
+    try:
+        return await request.json()
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"invalid JSON body: {e}") from None
+
+
+def log_type(mgr: ContainerManager) -> str:
+    return mgr.open_log_kind()
+
+
+def log_path(mgr: ContainerManager, container_id: str) -> str:
+    if log_type(mgr) != "json-file":
+        return ""
+    return str(mgr.data_dir(container_id) / f"{container_id}-json.log")
+
+
+def exec_ids(mgr: ContainerManager, container_id: str) -> list[str]:
+    return [s.id for s in mgr.execs.values() if s.container_id == container_id]
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    from runtime.net.options import options_from_docker
+
+    mgr = manager(request)
+    body = await json_body(request)
+    req = views.create_request(body, request.query.get("name") or None,
+                               options_from_docker(body) if isinstance(body, dict) else {})
+    rec = await mgr.create(req)
+    return web.json_response({"Id": rec.id, "Warnings": list(rec.warnings)}, status=201)
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    await manager(request).start(ref(request))
+    return no_content()
+
+
+async def stop(request: web.Request) -> web.StreamResponse:
+    await manager(request).stop(ref(request), timeout=query_int(request, "t"))
+    return no_content()
+
+
+async def kill(request: web.Request) -> web.StreamResponse:
+    await manager(request).kill(ref(request), request.query.get("signal") or "SIGKILL")
+    return no_content()
+
+
+async def restart(request: web.Request) -> web.StreamResponse:
+    await manager(request).restart(ref(request), timeout=query_int(request, "t"))
+    return no_content()
+
+
+async def pause(request: web.Request) -> web.StreamResponse:
+    await manager(request).pause(ref(request))
+    return no_content()
+
+
+async def unpause(request: web.Request) -> web.StreamResponse:
+    await manager(request).unpause(ref(request))
+    return no_content()
+
+
+async def wait(request: web.Request) -> web.StreamResponse:
+    """Headers go out at once (a client may wait on them before `start`), the body at exit."""
+    mgr = manager(request)
+    try:
+        condition = WaitCondition(request.query.get("condition") or "not-running")
+    except ValueError:
+        raise BadRequest(f"invalid condition {request.query.get('condition')!r}: use "
+                         "not-running, next-exit or removed") from None
+    mgr.get(ref(request))  # 404 before the 200 goes out
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    result = await mgr.wait(ref(request), condition)
+    doc = {"StatusCode": result.status_code,
+           "Error": {"Message": result.error} if result.error else None}
+    await resp.write(json.dumps(doc).encode() + b"\n")
+    await resp.write_eof()
+    return resp
+
+
+async def inspect(request: web.Request) -> web.StreamResponse:
+    mgr = manager(request)
+    rec = mgr.inspect(ref(request))
+    return web.json_response(views.inspect_json(
+        rec, log_path=log_path(mgr, rec.id), log_type=log_type(mgr),
+        exec_ids=exec_ids(mgr, rec.id)))
+
+
+async def list_containers(request: web.Request) -> web.StreamResponse:
+    mgr = manager(request)
+    filters = request_filters(request, CONTAINER_FILTERS)
+    limit = query_int(request, "limit") or 0
+    show_all = query_bool(request, "all") or limit > 0
+    records = mgr.list(all=show_all, filters=filters)
+    if limit > 0:
+        records = records[:limit]
+    now = time.time()
+    return web.json_response([views.summary_json(r, now) for r in records])
+
+
+async def top(request: web.Request) -> web.StreamResponse:
+    result = await manager(request).top(ref(request), request.query.get("ps_args") or "-ef")
+    return web.json_response({"Titles": list(result.titles),
+                              "Processes": [list(p) for p in result.processes]})
+
+
+async def stats(request: web.Request) -> web.StreamResponse:
+    mgr = manager(request)
+    stream = query_bool(request, "stream", default=True)
+    one_shot = query_bool(request, "one-shot")
+    rec = mgr.inspect(ref(request))
+
+    def sample() -> tuple[Any, int, float]:
+        return mgr.stats(rec.id), views.system_cpu_ns(), time.time()
+
+    pre, pre_sys, pre_read = (None, 0, 0.0)
+    if not (one_shot and not stream):
+        # CPU % needs two samples: Docker's precpu_stats is the previous second's.
+        pre, pre_sys, pre_read = sample()
+        await asyncio.sleep(STATS_INTERVAL)
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    while True:
+        rec = mgr.inspect(rec.id)
+        cur, cur_sys, cur_read = sample()
+        doc = views.stats_json(rec, cur, pre, cur_sys, pre_sys, cur_read, pre_read)
+        await resp.write(json.dumps(doc).encode() + b"\n")
+        if not stream or not rec.state.status.has_process:
+            break
+        pre, pre_sys, pre_read = cur, cur_sys, cur_read
+        await asyncio.sleep(STATS_INTERVAL)
+    await resp.write_eof()
+    return resp
+
+
+async def rename(request: web.Request) -> web.StreamResponse:
+    name = request.query.get("name")
+    if not name:
+        raise BadRequest("give the new name: ?name=NEW")
+    await manager(request).rename(ref(request), name)
+    return no_content()
+
+
+async def delete(request: web.Request) -> web.StreamResponse:
+    await manager(request).remove(ref(request), force=query_bool(request, "force"),
+                                  volumes=query_bool(request, "v"))
+    return no_content()
+
+
+async def prune(request: web.Request) -> web.StreamResponse:
+    request_filters(request, ("until", "label"))  # refuse unknown keys like Docker
+    gone = await manager(request).prune()
+    return web.json_response({"ContainersDeleted": gone or None, "SpaceReclaimed": 0})
+
+
+def add_routes(table: RouteTable) -> None:
+    table.post("/containers/create", create)
+    table.get("/containers/json", list_containers)
+    table.post("/containers/prune", prune)
+    table.get("/containers/{id}/json", inspect)
+    table.post("/containers/{id}/start", start)
+    table.post("/containers/{id}/stop", stop)
+    table.post("/containers/{id}/kill", kill)
+    table.post("/containers/{id}/restart", restart)
+    table.post("/containers/{id}/pause", pause)
+    table.post("/containers/{id}/unpause", unpause)
+    table.post("/containers/{id}/wait", wait)
+    table.get("/containers/{id}/top", top)
+    table.get("/containers/{id}/stats", stats)
+    table.post("/containers/{id}/rename", rename)
+    table.delete("/containers/{id}", delete)

@@ -1,0 +1,106 @@
+"""Exec routes: create, start (hijacked or detached), inspect, resize."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from runtime.api.containers import json_body, manager
+from runtime.api.errors import BadRequest
+from runtime.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, hijack
+from runtime.api.routes import RouteTable
+from runtime.api.streams import _feed_fd, frame, set_winsize, size_params
+from runtime.container.exec import ExecSession
+from runtime.container.spec import ExecRequest
+
+log = logging.getLogger("berth.api")
+
+
+def exec_request(body: Any) -> ExecRequest:
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    cmd = body.get("Cmd")
+    if isinstance(cmd, str):
+        cmd = [cmd]
+    if not cmd or not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd):
+        raise BadRequest("No exec command specified")
+    return ExecRequest(cmd=tuple(cmd), tty=bool(body.get("Tty")),
+                       env=tuple(body.get("Env") or ()), user=body.get("User") or "",
+                       workdir=body.get("WorkingDir") or "",
+                       privileged=bool(body.get("Privileged")))
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    exec_id = await manager(request).exec_create(request.match_info["id"], exec_request(body))
+    return web.json_response({"Id": exec_id}, status=201)
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    mgr = manager(request)
+    exec_id = request.match_info["id"]
+    body = await json_body(request)
+    detach = bool(body.get("Detach")) if isinstance(body, dict) else False
+    session = await mgr.exec_start(exec_id)
+    if detach:
+        return web.Response(status=200)
+    tty = session.request.tty
+    conn = await hijack(request, RAW_STREAM if tty else MULTIPLEXED_STREAM)
+    feeder = None
+    if tty and session.pty >= 0:
+        feeder = asyncio.ensure_future(_feed_fd(conn, session.pty))
+    try:
+        async for stream, chunk in session.output():
+            await conn.write(chunk if tty else frame(stream, chunk))
+        # The stream ends once the exit code is known, so that a client that
+        # inspects the exec right after EOF reads it.
+        await session.wait()
+    except ConnectionResetError:
+        log.debug("exec %s: the client went away", exec_id[:12])
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+        conn.close()
+    return conn.response
+
+
+def inspect_json(session: ExecSession, info: Any) -> dict[str, Any]:
+    req = session.request
+    return {
+        "ID": info.id, "Running": info.running, "ExitCode": info.exit_code,
+        "ProcessConfig": {"tty": req.tty, "entrypoint": req.cmd[0],
+                          "arguments": list(req.cmd[1:]), "privileged": req.privileged,
+                          "user": req.user},
+        "OpenStdin": False, "OpenStderr": True, "OpenStdout": True, "CanRemove": False,
+        "ContainerID": info.container_id, "DetachKeys": "", "Pid": info.pid,
+    }
+
+
+async def inspect(request: web.Request) -> web.StreamResponse:
+    mgr = manager(request)
+    exec_id = request.match_info["id"]
+    info = mgr.exec_inspect(exec_id)
+    return web.json_response(inspect_json(mgr.execs[exec_id], info))
+
+
+async def resize(request: web.Request) -> web.StreamResponse:
+    mgr = manager(request)
+    exec_id = request.match_info["id"]
+    mgr.exec_inspect(exec_id)  # 404 for an unknown id
+    h, w = size_params(request)
+    session = mgr.execs[exec_id]
+    if session.pty >= 0:
+        with contextlib.suppress(OSError):
+            set_winsize(session.pty, h, w)
+    return web.Response(status=201)
+
+
+def add_routes(table: RouteTable) -> None:
+    table.post("/containers/{id}/exec", create)
+    table.post("/exec/{id}/start", start)
+    table.get("/exec/{id}/json", inspect)
+    table.post("/exec/{id}/resize", resize)

@@ -1,0 +1,283 @@
+"""Container output routes: logs (with follow) and attach (hijacked), plus resize.
+
+Without a TTY, output is framed in Docker's multiplexed format (8-byte
+header: stream id 1 or 2, three zero bytes, big-endian payload length); with
+a TTY it is the raw byte stream of the pty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import termios
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from runtime.api.backend import backend
+from runtime.api.containers import manager, ref
+from runtime.api.errors import BadRequest
+from runtime.api.filters import query_bool, query_int
+from runtime.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, Hijacked, hijack
+from runtime.api.routes import RouteTable
+from runtime.container.manager import ContainerManager
+from runtime.events import Event, EventBus
+from runtime.logs import LogEntry, LogOptions, rfc3339_nano
+
+log = logging.getLogger("berth.api")
+
+STREAM_IDS = {"stdin": 0, "stdout": 1, "stderr": 2}
+_HEADER = struct.Struct(">BxxxI")
+
+
+def frame(stream: str, payload: bytes) -> bytes:
+    return _HEADER.pack(STREAM_IDS[stream], len(payload)) + payload
+
+
+def encode_entry(e: LogEntry, tty: bool, timestamps: bool) -> bytes:
+    line = (rfc3339_nano(e.time_ns) + " ").encode() + e.line if timestamps else e.line
+    return line if tty else frame(e.stream, line)
+
+
+def parse_nanos(text: str | None, name: str) -> int | None:
+    """since/until as unix seconds with an optional fraction; 0 or absent means none."""
+    if not text or text == "0":
+        return None
+    seconds, _, frac = text.partition(".")
+    if not seconds.lstrip("-").isdigit() or (frac and not frac.isdigit()):
+        raise BadRequest(f"invalid {name} {text!r}: use unix seconds[.nanoseconds]")
+    return int(seconds) * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+def log_options(request: web.Request) -> LogOptions:
+    stdout, stderr = query_bool(request, "stdout"), query_bool(request, "stderr")
+    if not (stdout or stderr):
+        raise BadRequest("Bad parameters: you must choose at least one stream")
+    tail_text = request.query.get("tail", "all")
+    tail = None if tail_text in ("all", "") else query_int(request, "tail")
+    return LogOptions(follow=query_bool(request, "follow"),
+                      since_ns=parse_nanos(request.query.get("since"), "since") or 0,
+                      until_ns=parse_nanos(request.query.get("until"), "until"), tail=tail,
+                      stdout=stdout, stderr=stderr,
+                      timestamps=query_bool(request, "timestamps"))
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    mgr = manager(request)
+    rec = mgr.inspect(ref(request))
+    opts = log_options(request)
+    tty = rec.spec.tty
+    resp = web.StreamResponse(headers={"Content-Type": RAW_STREAM if tty else
+                                       MULTIPLEXED_STREAM})
+    await resp.prepare(request)
+    async for entry in mgr.logs(rec.id, opts):
+        await resp.write(encode_entry(entry, tty, opts.timestamps))
+    await resp.write_eof()
+    return resp
+
+
+class Lifecycle:
+    """Events of one container from now on: wait for its start, or its end."""
+
+    def __init__(self, bus: EventBus, container_id: str) -> None:
+        def mine(ev: Event) -> bool:
+            return ev.type == "container" and ev.actor_id == container_id and \
+                ev.action in ("start", "die", "destroy")
+
+        self._events: AsyncGenerator[Event, None] = bus.subscribe(  # type: ignore[assignment]
+            match=mine)
+        self._next: asyncio.Future[Event] = asyncio.ensure_future(anext(self._events))
+
+    async def ready(self) -> None:
+        """Let the subscription register (so no event is missed after this returns)."""
+        await asyncio.sleep(0)
+
+    async def next(self) -> Event:
+        ev = await self._next
+        self._next = asyncio.ensure_future(anext(self._events))
+        return ev
+
+    async def until(self, *actions: str) -> Event:
+        while True:
+            ev = await self.next()
+            if ev.action in actions:
+                return ev
+
+    async def close(self) -> None:
+        self._next.cancel()
+        with contextlib.suppress(BaseException):
+            await self._next
+        await self._events.aclose()
+
+
+async def _wait_started(mgr: ContainerManager, events: Lifecycle, cid: str) -> bool:
+    """True once the container runs; False if it was removed first."""
+    if mgr.inspect(cid).state.status.has_process:
+        return True
+    return (await events.until("start", "destroy")).action == "start"
+
+
+async def _copy_logs(mgr: ContainerManager, cid: str, since_ns: int, opts: LogOptions,
+                     events: Lifecycle, write: Callable[[bytes], Awaitable[None]]) -> None:
+    """Follow the log until the container dies, then flush what the last read missed.
+
+    `die` is published after the engine drained the output pipes, so a final
+    read after it sees every line; racing the follower against it saves the
+    follower's poll interval on every exit.
+    """
+    last_ns, seen_at_last = since_ns, 0
+
+    async def emit(entries: AsyncIterator[LogEntry], skip_at_last: int) -> None:
+        nonlocal last_ns, seen_at_last
+        skip = skip_at_last
+        async for e in entries:
+            if e.time_ns == last_ns and skip > 0:
+                skip -= 1
+                continue
+            if e.time_ns != last_ns:
+                last_ns, seen_at_last = e.time_ns, 0
+            seen_at_last += 1
+            await write(encode_entry(e, False, False))
+
+    follow_opts = LogOptions(follow=True, since_ns=since_ns, stdout=opts.stdout,
+                             stderr=opts.stderr)
+    follower = asyncio.ensure_future(emit(mgr.logs(cid, follow_opts), 0))
+    ended = asyncio.ensure_future(events.until("die", "destroy"))
+    try:
+        await asyncio.wait({follower, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if not follower.done():
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            rest = LogOptions(since_ns=last_ns, stdout=opts.stdout, stderr=opts.stderr)
+            with contextlib.suppress(Exception):  # removed meanwhile: nothing more to read
+                await emit(mgr.logs(cid, rest), seen_at_last)
+        else:
+            follower.result()
+    finally:
+        follower.cancel()
+        ended.cancel()
+
+
+def _listen_pty(mgr: ContainerManager, cid: str) -> asyncio.Queue[bytes]:
+    """Subscribe to a TTY container's output now, even before it starts.
+
+    `ContainerManager.attach` only subscribes a running container; a `run -it`
+    attaches before `start`, and the shell's first prompt must not be lost.
+    """
+    q: asyncio.Queue[bytes] = asyncio.Queue(1024)
+    mgr.get(cid).listeners.add(q)
+    return q
+
+
+async def _copy_pty(mgr: ContainerManager, cid: str, output: asyncio.Queue[bytes],
+                    events: Lifecycle, write: Callable[[bytes], Awaitable[None]],
+                    conn: Hijacked, stdin: bool) -> None:
+    pty = mgr.get(cid).pty_master
+    feeder = asyncio.ensure_future(_feed_fd(conn, pty)) if stdin and pty >= 0 else None
+    ended = asyncio.ensure_future(events.until("die", "destroy"))
+    try:
+        while True:
+            getter = asyncio.ensure_future(output.get())
+            await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                await write(getter.result())
+                continue
+            getter.cancel()
+            while not output.empty():
+                await write(output.get_nowait())
+            return
+    finally:
+        ended.cancel()
+        if feeder is not None:
+            feeder.cancel()
+
+
+async def _feed_fd(conn: Hijacked, fd: int | None) -> None:
+    """Client bytes to the container's pty until the client stops sending."""
+    while fd is not None and (data := await conn.reader.read(65536)):
+        while data:
+            try:
+                n = os.write(fd, data)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+                continue
+            except OSError:
+                return
+            data = data[n:]
+
+
+async def _discard(conn: Hijacked) -> None:
+    while await conn.reader.read(65536):
+        pass
+
+
+async def attach(request: web.Request) -> web.StreamResponse:
+    mgr = manager(request)
+    bus: EventBus = backend(request).need("events")
+    rec = mgr.inspect(ref(request))
+    cid, tty = rec.id, rec.spec.tty
+    stdin = query_bool(request, "stdin")
+    opts = LogOptions(stdout=query_bool(request, "stdout"), stderr=query_bool(request, "stderr"))
+    since_ns = time.time_ns()
+    events = Lifecycle(bus, cid)
+    await events.ready()
+    pty_output = _listen_pty(mgr, cid) if tty else None
+    conn = await hijack(request, RAW_STREAM if tty else MULTIPLEXED_STREAM)
+    sink: asyncio.Future[None] | None = None
+    try:
+        if query_bool(request, "logs"):
+            async for e in mgr.logs(cid, LogOptions(stdout=opts.stdout, stderr=opts.stderr)):
+                await conn.write(encode_entry(e, tty, False))
+        if query_bool(request, "stream") and await _wait_started(mgr, events, cid):
+            if pty_output is not None:
+                await _copy_pty(mgr, cid, pty_output, events, conn.write, conn, stdin)
+            else:
+                if stdin:
+                    # The engine gives non-TTY containers /dev/null as stdin: drain the
+                    # client's bytes so that its half-close is seen.
+                    sink = asyncio.ensure_future(_discard(conn))
+                if opts.stdout or opts.stderr:
+                    await _copy_logs(mgr, cid, since_ns, opts, events, conn.write)
+    except ConnectionResetError:
+        log.debug("attach %s: the client went away", cid[:12])
+    finally:
+        if sink is not None:
+            sink.cancel()
+        if pty_output is not None:
+            with contextlib.suppress(LookupError, Exception):
+                mgr.get(cid).listeners.discard(pty_output)
+        await events.close()
+        conn.close()
+    return conn.response
+
+
+def set_winsize(fd: int, height: int, width: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+def size_params(request: web.Request) -> tuple[int, int]:
+    h, w = query_int(request, "h"), query_int(request, "w")
+    if h is None or w is None or h < 0 or w < 0:
+        raise BadRequest("give the new size as ?h=ROWS&w=COLUMNS")
+    return h, w
+
+
+async def resize(request: web.Request) -> web.StreamResponse:
+    mgr = manager(request)
+    c = mgr.get(ref(request))
+    h, w = size_params(request)
+    if c.pty_master >= 0:
+        set_winsize(c.pty_master, h, w)
+    return web.Response(status=200)
+
+
+def add_routes(table: RouteTable) -> None:
+    table.get("/containers/{id}/logs", logs)
+    table.post("/containers/{id}/attach", attach)
+    table.post("/containers/{id}/resize", resize)

@@ -1,0 +1,237 @@
+"""End to end through a real berthd: the `berth` CLI runs, execs, logs, stops, removes.
+
+Each test starts its own daemon (own data/exec roots) in its own netns and
+imports a busybox image it built from Debian's busybox-static.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from tests.privileged.berthd import BERTH, ROOT, Berthd, berth_workdir, start_berthd
+from tests.privileged.conftest import NetNS
+from tests.privileged.images import import_busybox
+
+
+@pytest.fixture
+def daemon(netns: NetNS) -> Iterator[Berthd]:
+    with berth_workdir() as work, start_berthd(netns, work) as d:
+        import_busybox(d.berth, work)
+        yield d
+
+
+def wait_until(predicate: object, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_run_output_exit_codes_and_errors(daemon: Berthd) -> None:
+    r = daemon.berth("run", "--rm", "busybox", "echo", "hello")
+    assert r.stdout == "hello\n"
+    r = daemon.berth("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3",
+                     check=False)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    # --rm removed them both.
+    assert daemon.berth("ps", "-aq").stdout == ""
+
+    missing = daemon.berth("run", "--rm", "nosuchimage", "true", check=False)
+    assert missing.returncode == 125
+    assert "No such image: nosuchimage" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+    bad = daemon.berth("run", "--rm", "busybox", "/no/such/binary", check=False)
+    assert bad.returncode != 0 and "/no/such/binary" in bad.stderr
+
+    gone = daemon.berth("rm", "ghost", check=False)
+    assert gone.returncode == 1
+    assert gone.stderr.strip() == "Error response from daemon: No such container: ghost"
+
+
+def test_detached_lifecycle(daemon: Berthd) -> None:
+    cid = daemon.berth("run", "-d", "--name", "web", "-e", "GREETING=hi", "-w", "/tmp",
+                       "busybox", "sh", "-c", "echo started $GREETING; exec sleep 300"
+                       ).stdout.strip()
+    assert len(cid) == 64
+    wait_until(lambda: "started hi" in daemon.berth("logs", "web").stdout)
+
+    ps = daemon.berth("ps").stdout
+    assert "web" in ps and "Up " in ps and cid[:12] in ps
+
+    r = daemon.berth("exec", "web", "sh", "-c", "pwd; echo $GREETING; exit 7", check=False)
+    assert (r.returncode, r.stdout) == (7, "/tmp\nhi\n")
+
+    info = json.loads(daemon.berth("inspect", "web").stdout)[0]
+    assert info["State"]["Running"] is True and info["Name"] == "/web"
+    assert info["Config"]["Env"][-1] == "GREETING=hi"
+    assert daemon.berth("inspect", "-f", "{{.State.Status}}", "web").stdout == "running\n"
+
+    top = daemon.berth("top", "web").stdout
+    assert "sleep 300" in top
+    stats = daemon.berth("stats", "--no-stream", "web").stdout
+    assert "web" in stats and "PIDS" in stats
+
+    daemon.berth("pause", "web")
+    assert daemon.berth("inspect", "-f", "{{.State.Status}}", "web").stdout == "paused\n"
+    daemon.berth("unpause", "web")
+    daemon.berth("rename", "web", "web2")
+    assert daemon.berth("inspect", "-f", "{{.Name}}", cid[:12]).stdout == "/web2\n"
+
+    # sleep as PID 1 ignores SIGTERM: stop escalates to SIGKILL after -t.
+    daemon.berth("stop", "-t", "1", "web2")
+    assert daemon.berth("wait", "web2").stdout == "137\n"
+    assert "Exited (137)" in daemon.berth("ps", "-a").stdout
+    daemon.berth("start", "web2")
+    assert daemon.berth("inspect", "-f", "{{.State.Running}}", "web2").stdout == "true\n"
+
+    busy = daemon.berth("rm", "web2", check=False)
+    assert busy.returncode == 1 and "Error response from daemon" in busy.stderr
+    daemon.berth("rm", "-f", "web2")
+    assert daemon.berth("ps", "-aq").stdout == ""
+
+
+def test_logs_tail_timestamps_and_follow(daemon: Berthd) -> None:
+    daemon.berth("run", "-d", "--name", "ticker", "busybox", "sh", "-c",
+                 "for i in 1 2 3 4 5; do echo line$i; done; "
+                 "while [ ! -e /tmp/go ]; do sleep 0.1; done; echo late; exec sleep 300")
+    wait_until(lambda: "line5" in daemon.berth("logs", "ticker").stdout)
+    assert daemon.berth("logs", "--tail", "2", "ticker").stdout == "line4\nline5\n"
+    stamped = daemon.berth("logs", "-t", "--tail", "1", "ticker").stdout
+    assert stamped.endswith("Z line5\n") and stamped[:4].isdigit()
+    assert daemon.berth("logs", "--since", "1m", "ticker").stdout.count("line") == 5
+    assert daemon.berth("logs", "--until", "1h", "ticker").stdout == ""
+
+    follow = subprocess.Popen([*BERTH, "-H", daemon.host, "logs", "-f", "--tail", "0",
+                               "ticker"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        time.sleep(0.5)
+        daemon.berth("exec", "ticker", "touch", "/tmp/go")
+        assert follow.stdout is not None
+        assert follow.stdout.readline() == "late\n"
+        daemon.berth("kill", "ticker")
+        # The container is gone: logs -f ends by itself.
+        assert follow.wait(timeout=20) == 0
+    finally:
+        follow.kill()
+
+
+def read_until(stream: IO[bytes], marker: bytes, timeout: float = 30) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"{marker!r} not seen; got {seen!r}")
+        chunk = os.read(stream.fileno(), 4096)
+        if not chunk:
+            raise AssertionError(f"EOF before {marker!r}; got {seen!r}")
+        seen += chunk
+    return seen
+
+
+def test_interactive_tty(daemon: Berthd) -> None:
+    # `script` gives the CLI a terminal, as a user's shell would; like a user, the
+    # test types only once the prompt is there (a shell flushes earlier input).
+    cmd = f"{' '.join(BERTH)} -H {daemon.host} run -it --rm busybox sh"
+    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        read_until(proc.stdout, b"# ")
+        proc.stdin.write(b"[ -t 0 ] && echo terminal; echo $((6*7))\n")
+        proc.stdin.flush()
+        out = read_until(proc.stdout, b"42")
+        proc.stdin.write(b"exit 5\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 5
+        assert b"terminal" in out
+    finally:
+        proc.kill()
+
+
+def test_volumes_and_binds(daemon: Berthd, tmp_path: Path) -> None:
+    assert daemon.berth("volume", "create", "data").stdout == "data\n"
+    daemon.berth("run", "--rm", "-v", "data:/data", "busybox", "sh", "-c",
+                 "echo kept > /data/f")
+    assert daemon.berth("run", "--rm", "-v", "data:/data", "busybox", "cat",
+                        "/data/f").stdout == "kept\n"
+    assert "data" in daemon.berth("volume", "ls", "-q").stdout.split()
+    vol = json.loads(daemon.berth("volume", "inspect", "data").stdout)[0]
+    assert vol["Driver"] == "local" and Path(vol["Mountpoint"], "f").read_text() == "kept\n"
+
+    host = daemon.data_root.parent / "shared"
+    host.mkdir()
+    (host / "in.txt").write_text("from host\n")
+    r = daemon.berth("run", "--rm", "-v", f"{host}:/shared:ro", "busybox", "sh", "-c",
+                     "cat /shared/in.txt; touch /shared/new", check=False)
+    assert r.stdout == "from host\n" and r.returncode != 0
+    assert not (host / "new").exists()
+
+    daemon.berth("run", "-d", "--name", "holder", "-v", "data:/data", "busybox", "sleep", "300")
+    in_use = daemon.berth("volume", "rm", "data", check=False)
+    assert in_use.returncode == 1 and "in use" in in_use.stderr
+    daemon.berth("rm", "-f", "holder")
+    daemon.berth("volume", "rm", "data")
+    assert "data" not in daemon.berth("volume", "ls", "-q").stdout.split()
+
+
+def test_image_verbs(daemon: Berthd, tmp_path: Path) -> None:
+    daemon.berth("tag", "busybox", "example/tool:1")
+    images = daemon.berth("images").stdout
+    assert "example/tool" in images and "busybox" in images
+    hist = daemon.berth("history", "busybox").stdout
+    assert "berth import" in hist
+    out = tmp_path / "saved.tar"
+    daemon.berth("save", "-o", str(out), "example/tool:1")
+    daemon.berth("rmi", "example/tool:1")
+    assert "example/tool" not in daemon.berth("images").stdout
+    assert daemon.berth("load", "-i", str(out)).stdout == "Loaded image: example/tool:1\n"
+
+    assert daemon.berth("rmi", "example/tool:1").stdout == "Untagged: example/tool:1\n"
+    daemon.berth("create", "--name", "user", "busybox", "true")
+    image_id = daemon.berth("inspect", "-f", "{{.Image}}", "user").stdout.strip()
+    refused = daemon.berth("rmi", image_id, check=False)
+    assert refused.returncode == 1 and "being used by container" in refused.stderr
+    assert image_id[7:19] in daemon.berth("images", "-q").stdout
+    daemon.berth("rm", "user")
+    assert f"Deleted: {image_id}" in daemon.berth("rmi", "busybox").stdout
+    assert daemon.berth("images", "-q").stdout == ""
+    bad = daemon.berth("load", input="not a tar", check=False)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_events_stream_with_filters(daemon: Berthd) -> None:
+    since = str(int(time.time()) - 1)
+    daemon.berth("run", "--rm", "--name", "evt", "busybox", "true")
+    until = str(int(time.time()) + 1)
+    time.sleep(1.1)
+    out = daemon.berth("events", "--since", since, "--until", until,
+                       "--filter", "type=container", "--filter", "container=evt").stdout
+    actions = [line.split()[2] for line in out.splitlines()]
+    for action in ("create", "start", "die", "destroy"):
+        assert action in actions, out
+    assert actions.index("create") < actions.index("start") < actions.index("die")
+    assert all("name=evt" in line for line in out.splitlines())
+
+
+def test_info_df_prune(daemon: Berthd) -> None:
+    daemon.berth("create", "--name", "idle", "busybox", "true")
+    info = json.loads(daemon.berth("info", "--format", "json").stdout)
+    assert info["Containers"] == 1 and info["Images"] == 1
+    assert info["DockerRootDir"] == str(daemon.data_root)
+    assert "Images" in daemon.berth("system", "df").stdout
+    pruned = daemon.berth("container", "prune", "-f").stdout
+    assert "Deleted Containers:" in pruned
+    assert daemon.berth("ps", "-aq").stdout == ""
