@@ -36,6 +36,7 @@ from runtime.store.extract import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_
 from runtime.store.images import ImageRecord, ImageStore
 
 _KEPT_XATTRS = ("security.capability",)
+USER_OPAQUE_XATTR = "user.overlay.opaque"
 
 
 class CommitError(ValueError):
@@ -122,9 +123,8 @@ def _add(tar: tarfile.TarFile, full: str, rel: str, links: dict[tuple[int, int],
     if stat.S_ISDIR(st.st_mode):
         ti.type = tarfile.DIRTYPE
         tar.addfile(ti)
-        with contextlib.suppress(OSError):
-            if os.getxattr(full, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y":
-                tar.addfile(tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}"))
+        if _opaque(full):
+            tar.addfile(tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}"))
     elif stat.S_ISLNK(st.st_mode):
         ti.type, ti.linkname = tarfile.SYMTYPE, os.readlink(full)
         tar.addfile(ti)
@@ -147,6 +147,15 @@ def _add(tar: tarfile.TarFile, full: str, rel: str, links: dict[tuple[int, int],
         raise CommitError(f"{rel}: device nodes cannot be committed into a layer")
 
 
+def _opaque(path: str) -> bool:
+    # trusted.* when overlayfs ran as root, user.* when mounted with `userxattr`.
+    for name in (OVERLAY_OPAQUE_XATTR, USER_OPAQUE_XATTR):
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+    return False
+
+
 def _xattrs(path: str) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
@@ -154,7 +163,7 @@ def _xattrs(path: str) -> dict[str, str]:
     except OSError:
         return out
     for n in names:
-        if n in _KEPT_XATTRS or n.startswith("user."):
+        if n in _KEPT_XATTRS or (n.startswith("user.") and not n.startswith("user.overlay.")):
             with contextlib.suppress(OSError):
                 out[f"SCHILY.xattr.{n}"] = os.getxattr(path, n, follow_symlinks=False).decode(
                     "utf-8", "surrogateescape")

@@ -239,3 +239,18 @@ def test_commit_shifts_a_user_namespaced_upper_dir_back(store: ImageStore,
     with tarfile.open(store.blobs.path(layer.blob)) as t:
         owners = {m.name: (m.uid, m.gid) for m in t.getmembers()}
     assert owners == {"mine": (1000, 1000), "stranger": (65534, 65534)}
+
+
+def test_commit_reads_userxattr_overlay_opaque_dirs(store: ImageStore, tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    (upper / "d").mkdir(parents=True)
+    try:
+        os.setxattr(upper / "d", "user.overlay.opaque", b"y")
+        os.setxattr(upper / "d", "user.note", b"kept")
+    except OSError:
+        pytest.skip("no user xattrs on this filesystem")
+    layer = commit_layer(store, upper)
+    with tarfile.open(store.blobs.path(layer.blob)) as t:
+        members = {m.name: m.pax_headers for m in t.getmembers()}
+    assert "d/.wh..wh..opq" in members
+    assert members["d"] == {"SCHILY.xattr.user.note": "kept"}
