@@ -52,6 +52,7 @@ class FleetAgent:
     strategy: RebootStrategy
     hostname: str = field(default_factory=socket.gethostname)
     etcd_ops: int = 0  # requests this agent sent to etcd (for the figures)
+    _wave: int = 0  # learnt from the last release's rollout plan
 
     @property
     def node_id(self) -> str:
@@ -82,6 +83,7 @@ class FleetAgent:
                         f"release {version} has an unusable rollout plan: {e}")
         if not self.settings.etcd_url:
             return decide(version, plan, self.machine_id, datetime.now(UTC), None)
+        self._wave = plan.wave_of(fleet_position(self.machine_id)) + 1 if plan else 1
         try:
             return self._etcd(lambda etcd: check(etcd, version, plan, self.machine_id))
         except EtcdError as e:
@@ -111,8 +113,8 @@ class FleetAgent:
                wave: int = 0) -> None:
         if not self.settings.etcd_url:
             return
-        rep = HostReport(self.node_id, self.hostname, self.settings.group, wave, booted,
-                         phase, last_error, target)
+        rep = HostReport(self.node_id, self.hostname, self.settings.group,
+                         wave or self._wave, booted, phase, last_error, target)
         try:
             self._etcd(lambda etcd: report(etcd, rep))
         except EtcdError as e:  # a report is best effort: the update goes on without it

@@ -55,8 +55,11 @@ class HostReport:
 
 async def report(etcd: Etcd, host: HostReport, *, ttl: int = DEFAULT_TTL) -> HostReport:
     """Publish this host's state under a fresh lease (stamped with the time now)."""
-    host = replace(host, time=time.time())
     previous = await etcd.get(host.key())
+    if not host.wave and previous is not None:
+        # The agent learns its wave from a release's plan; keep it between releases.
+        host = replace(host, wave=int(previous.json().get("wave", 0)))
+    host = replace(host, time=time.time())
     lease = await etcd.lease_grant(ttl)
     await etcd.put(host.key(), json.dumps(asdict(host)), lease=lease)
     if previous is not None and previous.lease and previous.lease != lease:

@@ -181,11 +181,16 @@ def _check_tls(problems: list[str], tls: dict[str, Any]) -> list[FileWrite]:
 
 
 def _check_update(problems: list[str], upd: dict[str, Any]) -> list[FileWrite]:
-    _known(problems, "[update]", upd, {"url", "tuf_root", "strategy", "window"})
+    _known(problems, "[update]", upd, {"url", "tuf_root", "strategy", "window", "boot_tries"})
     out: dict[str, Any] = {}
     writes = []
     if "url" in upd:
         out["url"] = _url(problems, "[update] url", upd["url"])
+    if "boot_tries" in upd:
+        tries = upd["boot_tries"]
+        if not isinstance(tries, int) or isinstance(tries, bool) or not 1 <= tries <= 9:
+            problems.append(f"[update] boot_tries: {tries!r}: a number in 1..9")
+        out["boot_tries"] = tries
     if "strategy" in upd:
         try:
             out["strategy"] = StrategyKind(upd["strategy"]).value
