@@ -165,27 +165,27 @@ def _load_oci(store: ImageStore, ar: _Archive, platform: Platform) -> list[Loade
         name = desc.annotations.get(_CONTAINERD_NAME) or desc.annotations.get(_REF_NAME, "")
         ref = try_parse(name) if name and (":" in name or "/" in name) else None
         tags = [ref.tagged] if ref is not None and not ref.digest else []
-        rec = _load_oci_manifest(store, ar, desc, platform)
+        rec = _load_oci_manifest(store, ar, desc, platform, tags)
         out.append(Loaded(rec, tuple(tags)))
-        if tags:
-            store.tag(rec.id, tags[0])
-            out[-1] = Loaded(store.get(rec.id), tuple(tags))
     return out
 
 
 def _load_oci_manifest(store: ImageStore, ar: _Archive, desc: Descriptor,
-                       platform: Platform) -> ImageRecord:
+                       platform: Platform, tags: list[str], depth: int = 0) -> ImageRecord:
     data = ar.open(ar.blob_name(desc.digest)).read(MAX_JSON + 1)
     if sha256_digest(data) != desc.digest:
         raise ArchiveError(ar.label, f"manifest {desc.digest} does not match its digest")
     if is_index(data, desc.media_type):
-        return _load_oci_manifest(store, ar, Index.parse(data).select(platform), platform)
+        if depth > 0:
+            raise ArchiveError(ar.label, f"index {desc.digest} nested in an index")
+        chosen = Index.parse(data).select(platform)
+        return _load_oci_manifest(store, ar, chosen, platform, tags, depth + 1)
     manifest = Manifest.parse(data, desc.media_type)
     digests = [manifest.config.digest, *(d.digest for d in manifest.layers)]
     with store.pinned(digests):
         for d in digests:
             _copy_blob(store, ar, ar.blob_name(d), d)
-        return store.add_image(data)
+        return store.add_image(data, tags=tags)  # image and tag in one transaction
 
 
 def save(store: ImageStore, refs: Sequence[str], out: BinaryIO) -> None:

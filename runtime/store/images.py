@@ -401,12 +401,16 @@ class ImageStore:
         users = self.users.containers_using(iid)
         r = try_parse(ref)
         by_tag = r is not None and not r.digest and r.tagged in rec.tags
+        by_digest = r is not None and bool(r.digest) and f"{r.name}@{r.digest}" in \
+            rec.repo_digests
         out: list[dict[str, str]] = []
         with self.lock:
             if by_tag and r is not None:
                 untag = [r.tagged]
                 if len(rec.tags) == 1:
                     untag += [f"{rd}" for rd in rec.repo_digests]
+            elif by_digest and r is not None:
+                untag = [f"{r.name}@{r.digest}"]
             else:
                 repos = {t.rsplit(":", 1)[0] for t in rec.tags}
                 if len(repos) > 1 and not force:
@@ -426,7 +430,7 @@ class ImageStore:
                         self.conn.execute("DELETE FROM image_tags WHERE name=?", (name,))
             out += [{"Untagged": _familiar(n)} for n in untag]
             left = self._record(iid)
-            if left.tags or (by_tag and left.repo_digests) or users:
+            if left.tags or ((by_tag or by_digest) and left.repo_digests) or users:
                 return out
             out += self._delete(iid)
         return out

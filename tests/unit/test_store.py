@@ -254,3 +254,13 @@ def test_commit_reads_userxattr_overlay_opaque_dirs(store: ImageStore, tmp_path:
         members = {m.name: m.pax_headers for m in t.getmembers()}
     assert "d/.wh..wh..opq" in members
     assert members["d"] == {"SCHILY.xattr.user.note": "kept"}
+
+
+def test_rmi_by_repo_digest_removes_only_that_reference(store: ImageStore) -> None:
+    iid = imported(store, "app:1")
+    store.add_repo_digest(iid, "r.example/app", "sha256:" + "1" * 64)
+    store.add_repo_digest(iid, "r.example/app", "sha256:" + "2" * 64)
+    out = store.remove("r.example/app@sha256:" + "1" * 64)
+    assert out == [{"Untagged": "r.example/app@sha256:" + "1" * 64}]
+    assert store.get(iid).repo_digests == ("r.example/app@sha256:" + "2" * 64,)
+    assert store.remove("app:1")[-1] == {"Deleted": iid}
