@@ -66,6 +66,7 @@ class DaemonConfig:
     log_driver: str = "auto"
     insecure_registries: tuple[str, ...] = ()
     containers_dir: Path | None = None     # declarative containers (containers.d)
+    policy: Path = Path("/etc/berth/policy.json")
 
     @property
     def default_socket(self) -> Path:
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="container logs: journald where it runs, else json-file (auto)")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                    help="a registry reached over plain HTTP; repeatable")
+    p.add_argument("--policy", type=Path, default=Path("/etc/berth/policy.json"),
+                   help="trust policy for pulls and runs (no file: accept all; "
+                        "default %(default)s)")
     p.add_argument("--containers-dir", type=Path, default=None,
                    help="watch this directory of declarative containers (*.toml), e.g. "
                         "/etc/berth/containers.d")
@@ -117,7 +121,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> DaemonConfig:
                           bridge=args.bridge, userns=args.userns == "default",
                           log_driver=args.log_driver,
                           insecure_registries=tuple(args.insecure_registry),
-                          containers_dir=args.containers_dir)
+                          containers_dir=args.containers_dir, policy=args.policy)
     if tls is None and not config.insecure_tcp and any(h.scheme is Scheme.TCP for h in hosts):
         raise ListenError("tcp:// listeners need mutual TLS: give --tlscacert, --tlscert and "
                           "--tlskey (or the berth.tls.* credentials), or --insecure-tcp")
@@ -284,6 +288,7 @@ async def start_services(config: DaemonConfig, backend: Backend) -> Services:
     """Open the image store, start networking and the engine, re-adopt containers."""
     from runtime.container.manager import ContainerManager, EngineConfig
     from runtime.events import EventBus
+    from runtime.policy import TrustedResolver
     from runtime.registry.client import RegistryOptions
     from runtime.registry.service import RegistryService
     from runtime.store.db import open_db
@@ -295,7 +300,7 @@ async def start_services(config: DaemonConfig, backend: Backend) -> Services:
     store = await asyncio.to_thread(ImageStore, config.data_root, users=users)
     backend.images = store
     backend.puller = RegistryService(store, RegistryOptions(
-        insecure=frozenset(config.insecure_registries)))
+        insecure=frozenset(config.insecure_registries)), policy_path=config.policy)
     db = open_db(config.data_root / "berth.db")
     provider = None
     if config.bridge != "none":
@@ -308,8 +313,9 @@ async def start_services(config: DaemonConfig, backend: Backend) -> Services:
         provider = EngineNetwork(net, files_root=config.exec_root / "net")
     engine = EngineConfig(root=config.data_root, exec_root=config.exec_root,
                           userns=config.userns, log_driver=config.log_driver)
-    mgr = ContainerManager(engine, images=store, events=backend.events, network=provider,
-                           db=db)
+    # The trust policy stands in front of the store: no container from an image it refuses.
+    mgr = ContainerManager(engine, images=TrustedResolver(store, config.policy),
+                           events=backend.events, network=provider, db=db)
     await mgr.adopt()
     if services.network is not None:
         await services.network.reconcile({rec.id for rec in mgr.list(all=False)})

@@ -72,6 +72,8 @@ _STATUS_BY_EXCEPTION_NAME: dict[str, int] = {
     "InvalidManifest": 400, "ExtractError": 400, "CommitError": 400, "ArchiveError": 400,
     "ChangeError": 400, "BlobError": 400, "AmbiguousImage": 400, "UserError": 400,
     "BadSubnet": 400, "BadPortSpec": 400, "InvalidVolume": 400, "VolumeError": 400,
+    # 403: the trust policy refuses the image
+    "PolicyDenied": 403,
     # 500 without a traceback: expected failures with a message for the user
     "ContainerError": 500, "NetError": 500, "AuthError": 500,
 }

@@ -15,12 +15,12 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
 from runtime.api.backend import backend
-from runtime.api.errors import BadRequest, NotImplementedYet
+from runtime.api.errors import BadRequest
 from runtime.api.filters import bool_filter, query_bool, request_filters
 from runtime.api.routes import RouteTable
 from runtime.store import archive, views
@@ -30,10 +30,34 @@ IMAGE_FILTERS = ("dangling", "label", "reference", "before", "since")
 _SPOOL_CHUNK = 1 << 20
 
 
-class Puller(Protocol):
-    """The registry client's seam, once it exists: pull `ref` into the store."""
+def registry_auth(request: web.Request) -> Any:
+    """Docker's X-Registry-Auth header as (server, Credentials), or None."""
+    from runtime.registry.auth import decode_registry_auth
 
-    def pull(self, ref: str) -> AsyncIterator[dict[str, Any]]: ...
+    return decode_registry_auth(request.headers.get("X-Registry-Auth", ""))
+
+
+def _has_tag(image: str) -> bool:
+    return ":" in image.rsplit("/", 1)[-1]
+
+
+async def json_stream(request: web.Request,
+                      docs: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
+    """Docker's progress stream: one JSON object per line, errors in-band at the end."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    async for doc in docs:
+        await resp.write(json.dumps(doc).encode() + b"\r\n")
+    await resp.write_eof()
+    return resp
+
+
+async def push_image(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    tag = request.query.get("tag", "")
+    ref = f"{name}:{tag}" if tag and not _has_tag(name) else name
+    service = backend(request).need("puller")
+    return await json_stream(request, service.push(ref, registry_auth(request)))
 
 
 def store_of(request: web.Request) -> ImageStore:
@@ -159,18 +183,12 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     """POST /images/create: `fromSrc=-` imports a rootfs tar; `fromImage` pulls."""
     q = request.query
     if q.get("fromImage"):
-        puller: Puller | None = getattr(backend(request), "puller", None)
-        if puller is None:
-            raise NotImplementedYet("pulling from a registry is not available in this berthd; "
-                                    "use berth load or berth import")
-        ref = q["fromImage"] + (f":{q['tag']}" if q.get("tag") and "@" not in q["fromImage"]
-                                else "")
-        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
-        await resp.prepare(request)
-        async for doc in puller.pull(ref):
-            await resp.write(json.dumps(doc).encode() + b"\r\n")
-        await resp.write_eof()
-        return resp
+        image = q["fromImage"]
+        want = q.get("tag", "")
+        ref = image if not want or "@" in image or _has_tag(image) else \
+            f"{image}{'@' if want.startswith('sha256:') else ':'}{want}"
+        service = backend(request).need("puller")
+        return await json_stream(request, service.pull(ref, registry_auth(request)))
     if q.get("fromSrc") != "-":
         raise BadRequest("give fromSrc=- (a rootfs tar in the body) or fromImage")
     store = store_of(request)
@@ -228,4 +246,5 @@ def add_routes(table: RouteTable) -> None:
     table.get("/images/{name:.+}/history", image_history)
     table.get("/images/{name:.+}/get", save_images)
     table.post("/images/{name:.+}/tag", tag_image)
+    table.post("/images/{name:.+}/push", push_image)
     table.delete("/images/{name:.+}", delete_image)

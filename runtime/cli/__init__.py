@@ -16,8 +16,26 @@ from runtime.cli import containers, images, run, system, volumes
 from runtime.cli.common import Context
 from runtime.client import ClientError, TlsConfig
 
+# Client-side verbs of runtime/sign (they talk to registries, not to berthd). Their
+# module pulls in cryptography and aiohttp, so it is imported only when asked for.
+SIGN_VERBS = ("generate-key-pair", "sign", "verify", "login", "logout")
+_GLOBAL_WITH_VALUE = ("-H", "--host", "--tlscacert", "--tlscert", "--tlskey")
 
-def build_parser() -> argparse.ArgumentParser:
+
+def wants_sign_verbs(argv: Sequence[str]) -> bool:
+    """True if argv names a sign verb, or asks for the full help."""
+    args = iter(argv)
+    for word in args:
+        if word in _GLOBAL_WITH_VALUE:
+            next(args, None)
+        elif word in ("-h", "--help"):
+            return True
+        elif not word.startswith("-"):
+            return word in SIGN_VERBS
+    return True
+
+
+def build_parser(with_sign_verbs: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="berth", description="Run and manage containers on a Berth daemon.")
     parser.add_argument("-v", "--version", action="version", version=f"berth {__version__}")
@@ -43,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     containers.register_group_verbs(inner)
     images.register_group(sub)
     system.register_group(sub)
+    if with_sign_verbs:
+        from runtime.sign import cli as sign_cli
+
+        sign_cli.register(sub)
     return parser
 
 
@@ -54,7 +76,8 @@ def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(with_sign_verbs=wants_sign_verbs(words)).parse_args(words)
     ctx = Context(host=args.host, tls=tls_from_args(args))
     try:
         status: int = args.func(args, ctx)

@@ -172,6 +172,38 @@ def cmd_history(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def print_progress(response: Response, quiet: bool) -> None:
+    """Docker's pull/push progress, one line per change (no cursor tricks)."""
+    last: dict[str, str] = {}
+    for doc in response.json_lines():
+        if not isinstance(doc, dict):
+            continue
+        if doc.get("error") or doc.get("errorDetail"):
+            detail = doc.get("errorDetail") or {}
+            raise DaemonError(500, str(detail.get("message") or doc.get("error")))
+        status = str(doc.get("status") or doc.get("stream") or "").rstrip("\n")
+        ident = str(doc.get("id") or "")
+        if quiet or not status or last.get(ident) == status:
+            continue
+        last[ident] = status
+        out(f"{ident}: {status}" if ident else status)
+
+
+def cmd_pull(args: argparse.Namespace, ctx: Context) -> int:
+    repo, tag = split_ref(args.image) if "@" not in args.image else (args.image, "")
+    response = ctx.client.call("POST", "/images/create", {"fromImage": repo, "tag": tag or None})
+    print_progress(response, args.quiet)
+    if args.quiet:
+        out(args.image)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace, ctx: Context) -> int:
+    response = ctx.client.call("POST", f"/images/{quote_id(args.image)}/push")
+    print_progress(response, args.quiet)
+    return 0
+
+
 def cmd_tag(args: argparse.Namespace, ctx: Context) -> int:
     repo, tag = split_ref(args.target)
     ctx.client.call("POST", f"/images/{quote_id(args.source)}/tag",
@@ -218,6 +250,12 @@ def register(sub: Any) -> None:
 
 
 def _register_common(sub: Any, rm_name: str = "rmi") -> None:
+    p = add_verb(sub, "pull", cmd_pull, "Pull an image from a registry (through berthd)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("image", metavar="NAME[:TAG|@DIGEST]")
+    p = add_verb(sub, "push", cmd_push, "Push an image to a registry (through berthd)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("image", metavar="NAME[:TAG]")
     p = add_verb(sub, "load", cmd_load, "Load images from a tar (docker-archive or OCI layout)")
     p.add_argument("-i", "--input", help="read from FILE instead of stdin")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tests.privileged.conftest import NetNS
 
@@ -123,6 +125,21 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait()
+
+
+def read_until(stream: IO[bytes], marker: bytes, timeout: float = 30) -> bytes:
+    """Read a pipe until `marker` shows up (a prompt), or fail after `timeout`."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"{marker!r} not seen; got {seen!r}")
+        chunk = os.read(stream.fileno(), 4096)
+        if not chunk:
+            raise AssertionError(f"EOF before {marker!r}; got {seen!r}")
+        seen += chunk
+    return seen
 
 
 @contextmanager

@@ -7,17 +7,14 @@ imports a busybox image it built from Debian's busybox-static.
 from __future__ import annotations
 
 import json
-import os
-import select
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 
-from tests.privileged.berthd import BERTH, ROOT, Berthd, berth_workdir, start_berthd
+from tests.privileged.berthd import BERTH, ROOT, Berthd, berth_workdir, read_until, start_berthd
 from tests.privileged.conftest import NetNS
 from tests.privileged.images import import_busybox
 
@@ -125,20 +122,6 @@ def test_logs_tail_timestamps_and_follow(daemon: Berthd) -> None:
         assert follow.wait(timeout=20) == 0
     finally:
         follow.kill()
-
-
-def read_until(stream: IO[bytes], marker: bytes, timeout: float = 30) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while marker not in seen:
-        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise AssertionError(f"{marker!r} not seen; got {seen!r}")
-        chunk = os.read(stream.fileno(), 4096)
-        if not chunk:
-            raise AssertionError(f"EOF before {marker!r}; got {seen!r}")
-        seen += chunk
-    return seen
 
 
 def test_interactive_tty(daemon: Berthd) -> None:

@@ -180,3 +180,12 @@ def test_client_host_selection_and_urls() -> None:
     assert c.url("/images/create", {"fromSrc": "-", "changes": ["CMD sh", "ENV A=1"],
                                     "quiet": True, "tag": None}) == \
         "/v1.47/images/create?fromSrc=-&changes=CMD+sh&changes=ENV+A%3D1&quiet=1"
+
+
+def test_sign_verbs_load_only_when_asked() -> None:
+    from runtime.cli import wants_sign_verbs
+
+    assert wants_sign_verbs(["-H", "unix:///x", "login", "reg:5000"])
+    assert wants_sign_verbs(["--help"])
+    assert not wants_sign_verbs(["-H", "login", "run", "busybox"])  # "login" is -H's value
+    assert not wants_sign_verbs(["run", "--rm", "busybox", "sign"])
