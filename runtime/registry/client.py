@@ -15,7 +15,9 @@ at once and nothing is stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -43,8 +45,8 @@ _HUB_ENDPOINT = "registry-1.docker.io"
 
 @dataclass(frozen=True)
 class RegistryOptions:
-    # "host:port" of registries reached over plain HTTP. Only those named:
-    # unlike Docker, 127.0.0.0/8 is not implicitly insecure.
+    # "host:port" (or CIDRs) of registries reached over plain HTTP. Only those
+    # named: unlike Docker, 127.0.0.0/8 is not implicitly insecure.
     insecure: frozenset[str] = frozenset()
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
@@ -54,6 +56,24 @@ class RegistryOptions:
     parallel: int = 3
     max_manifest: int = MAX_MANIFEST
     platform: Platform = field(default_factory=Platform)
+
+
+def is_insecure(domain: str, insecure: frozenset[str]) -> bool:
+    """Plain HTTP for `host:port` named in `insecure`, or whose IP is in a CIDR
+    named there (Docker's --insecure-registry takes both)."""
+    if domain in insecure:
+        return True
+    host = domain.rsplit(":", 1)[0] if domain.count(":") == 1 else domain
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    for entry in insecure:
+        if "/" in entry:
+            with contextlib.suppress(ValueError):
+                if ip in ipaddress.ip_network(entry, strict=False):
+                    return True
+    return False
 
 
 class RegistryError(RuntimeError):
@@ -117,7 +137,7 @@ class RegistryClient:
 
     def base(self, domain: str) -> str:
         host = _HUB_ENDPOINT if domain == "docker.io" else domain
-        scheme = "http" if domain in self.options.insecure else "https"
+        scheme = "http" if is_insecure(domain, self.options.insecure) else "https"
         return f"{scheme}://{host}"
 
     # --- the one request path ---

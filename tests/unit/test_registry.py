@@ -21,6 +21,7 @@ from runtime.registry.auth import (
     decode_registry_auth,
     parse_challenge,
 )
+from runtime.registry.client import is_insecure
 
 
 def test_parse_bearer_challenge() -> None:
@@ -95,3 +96,12 @@ def test_rich_progress_draws_dockers_json_stream() -> None:
     text = buf.getvalue()
     assert "1: Pulling from app" in text and "cdcdcdcdcdcd" in text
     assert "Pull complete" in text and "boom" in text
+
+
+def test_insecure_only_when_named_by_host_or_cidr() -> None:
+    named = frozenset({"reg.example:5000", "10.0.0.0/8"})
+    assert is_insecure("reg.example:5000", named)
+    assert not is_insecure("reg.example:5001", named)
+    assert is_insecure("10.1.2.3:5000", named) and is_insecure("10.1.2.3", named)
+    assert not is_insecure("127.0.0.1:5000", named)  # loopback is not implicitly insecure
+    assert not is_insecure("127.0.0.1:5000", frozenset())
