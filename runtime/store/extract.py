@@ -25,6 +25,7 @@ import hashlib
 import os
 import stat
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -200,11 +201,13 @@ class Extractor:
         self.root = _Root(dest)
         self.total = 0
         self.entries = 0
+        self.current = ""  # the entry being written, for error messages
         self._dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
 
     def run(self, tar: tarfile.TarFile) -> None:
         try:
             for member in tar:
+                self.current = member.name
                 self.entries += 1
                 if self.entries > self.limits.max_entries:
                     raise ExtractError(member.name, f"more than {self.limits.max_entries} entries")
@@ -314,21 +317,26 @@ class Extractor:
 
     def _meta(self, pfd: int, base: str, m: tarfile.TarInfo) -> None:
         if self.preserve_owner:
-            os.chown(base, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+            try:
+                os.chown(base, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+            except (OverflowError, OSError) as e:
+                raise ExtractError(m.name, f"cannot give it owner {m.uid}:{m.gid}: "
+                                   f"{getattr(e, 'strerror', None) or e}") from None
         for key, value in (m.pax_headers or {}).items():
             if key.startswith("SCHILY.xattr."):
                 attr = key[len("SCHILY.xattr."):]
                 if attr in _KEPT_XATTRS or attr.startswith(_KEPT_XATTR_PREFIXES):
                     self._setxattr(pfd, base, m, attr, value)
+        # Out-of-range times (a hostile or broken tar) keep the extraction time.
+        mtime = int(m.mtime * 10**9)
         if m.issym():
-            with contextlib.suppress(NotImplementedError, OSError):
-                os.utime(base, ns=(int(m.mtime * 10**9), int(m.mtime * 10**9)), dir_fd=pfd,
-                         follow_symlinks=False)
+            with contextlib.suppress(NotImplementedError, OSError, OverflowError, ValueError):
+                os.utime(base, ns=(mtime, mtime), dir_fd=pfd, follow_symlinks=False)
             return
         # chmod after chown: chown clears setuid/setgid.
         os.chmod(base, stat.S_IMODE(m.mode), dir_fd=pfd)
-        mtime = int(m.mtime * 10**9)
-        os.utime(base, ns=(mtime, mtime), dir_fd=pfd)
+        with contextlib.suppress(OverflowError, ValueError):
+            os.utime(base, ns=(mtime, mtime), dir_fd=pfd)
 
     def _setxattr(self, pfd: int, base: str, m: tarfile.TarInfo, attr: str, value: str) -> None:
         fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_PATH, dir_fd=pfd)
@@ -357,8 +365,9 @@ def extract_layer(raw: Readable, dest: Path, limits: ExtractLimits | None = None
         reader.drain()
     except tarfile.TarError as e:
         raise ExtractError("", f"not a valid tar stream: {e}") from None
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
-        if isinstance(e, ExtractError):
-            raise
-        raise ExtractError("", f"corrupt layer stream: {e}") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ExtractError(ex.current, f"corrupt layer stream: {e}") from None
+    except OSError as e:  # the disk's side: ENOSPC, EDQUOT, EIO...
+        raise ExtractError(ex.current, f"writing the layer failed: "
+                           f"{e.strerror or e}") from None
     return ExtractStats("sha256:" + reader.hash.hexdigest(), ex.total, ex.entries)

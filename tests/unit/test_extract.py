@@ -257,3 +257,22 @@ def test_file_capabilities_kept_and_trusted_xattrs_dropped(box: tuple[Path, Path
     assert os.getxattr(dest / "ping", "user.note") == b"hello"
     with pytest.raises(OSError):
         os.getxattr(dest / "ping", "trusted.overlay.opaque")
+
+
+def test_corrupt_gzip_is_a_clear_error(box: tuple[Path, Path]) -> None:
+    dest, _ = box
+    data = bytearray(gzip.compress(layer(reg("a", os.urandom(50_000)))))
+    data[len(data) // 2] ^= 0xFF
+    with pytest.raises(ExtractError, match=r"corrupt layer stream|not a valid tar"):
+        extract_layer(io.BytesIO(bytes(data)), dest, preserve_owner=False)
+
+
+def test_absurd_times_do_not_break_extraction(box: tuple[Path, Path]) -> None:
+    dest, _ = box
+
+    def add(t: tarfile.TarFile) -> None:
+        ti = tarfile.TarInfo("old")
+        ti.size, ti.mtime = 1, 10**20
+        t.addfile(ti, io.BytesIO(b"x"))
+    extract(layer(add), dest)
+    assert (dest / "old").read_bytes() == b"x"
