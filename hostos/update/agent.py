@@ -155,7 +155,9 @@ class Agent:
             if self.fleet is not None and state.phase is Phase.FAILED and state.target and (
                     state.target.version in state.bad_versions):
                 self.fleet.rolled_back(state.target.version, state.last_error or "rolled back")
-            if self.fleet is not None and state.phase is Phase.DONE:
+            # Zincati's "initialization": a host back from a reboot, healthy on the
+            # new version or rolled back to the old one, gives its FleetLock slot back.
+            if self.fleet is not None and state.phase in (Phase.DONE, Phase.FAILED):
                 self.fleet.steady()
         return state, seen
 
