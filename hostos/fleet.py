@@ -1,4 +1,4 @@
-"""`hostos fleet status|resume`, and the host's fleet settings.
+"""`hostos fleet status|resume|simulate`, and the host's fleet settings.
 
 Fleet settings say where this host's fleet lives: its reboot group, the
 FleetLock server and the etcd its reports and the rollout halt go to. They
@@ -153,8 +153,21 @@ def _resume_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_cmd(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from hostos.fleetsim import SimulateOptions, simulate  # QEMU, builds: load lazily
+
+    if args.hosts < 1 or args.max_unavailable < 1:
+        raise HostosError("--hosts and --max-unavailable must be at least 1")
+    return simulate(SimulateOptions(
+        hosts=args.hosts, max_unavailable=args.max_unavailable, bad=args.bad,
+        memory_mib=args.memory, image=args.image, release_image=args.release_image,
+        wave_delay=timedelta(seconds=args.wave_delay)))
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("fleet", help="fleet-wide rollouts: status, resume")
+    p = sub.add_parser("fleet", help="fleet-wide rollouts: status, resume, simulate")
     verbs = p.add_subparsers(dest="fleet_verb", metavar="VERB", required=True)
 
     s = verbs.add_parser("status", help="versions per group and wave, reboot slots, halts")
@@ -165,3 +178,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--etcd", help="etcd client URL")
     r.add_argument("--version", help="the halted version (default: every halted one)")
     r.set_defaults(func=_resume_cmd)
+
+    m = verbs.add_parser("simulate", help="a fleet of QEMU VMs rolling out one release")
+    m.add_argument("--hosts", type=int, default=3)
+    m.add_argument("--max-unavailable", type=int, default=1, help="reboot slots")
+    m.add_argument("--bad", action="store_true",
+                   help="publish a release whose health check fails: watch the halt")
+    m.add_argument("--memory", type=int, default=768, help="MiB per VM")
+    m.add_argument("--wave-delay", type=int, default=120,
+                   help="seconds between the canary wave and the rest")
+    m.add_argument("--image", type=Path, help="image the hosts boot (default: built 0.1.0)")
+    m.add_argument("--release-image", type=Path,
+                   help="image to release (default: built 0.2.0)")
+    m.set_defaults(func=_simulate_cmd)
