@@ -9,6 +9,7 @@ their ingest file (`<hex>.partial`) so a pull can resume with a Range request.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import time
@@ -71,12 +72,20 @@ class BlobWriter:
         self.source = source
         self._hash = hashlib.sha256()
         self._committed = False
-        self._keep_partial = resume and self.expected is not None
-        if self._keep_partial and self.expected:
+        self._keep_partial = False
+        if resume and self.expected:
             self.path = store.ingest_dir / f"{digest_hex(self.expected)}.partial"
-        else:
+            self._f: BinaryIO = open(self.path, "a+b")  # noqa: SIM115
+            try:
+                # One writer per partial file, across threads, tasks and processes;
+                # a second concurrent download of the same blob goes to a temp file.
+                fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._keep_partial = True
+            except BlockingIOError:
+                self._f.close()
+        if not self._keep_partial:
             self.path = store.ingest_dir / f"tmp-{uuid.uuid4().hex}"
-        self._f: BinaryIO = open(self.path, "a+b" if self._keep_partial else "w+b")  # noqa: SIM115
+            self._f = open(self.path, "w+b")  # noqa: SIM115
         self._f.seek(0)
         while chunk := self._f.read(CHUNK):
             self._hash.update(chunk)

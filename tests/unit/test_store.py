@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.oci import ImageNotFound
+from runtime.oci import ImageNotFound, sha256_digest
 from runtime.store import views
 from runtime.store.archive import ArchiveError, apply_changes, import_rootfs, load, save
-from runtime.store.blobs import DigestMismatch
+from runtime.store.blobs import BlobStore, DigestMismatch
 from runtime.store.commit import IdShift, commit_layer, create_image
 from runtime.store.images import ImageConflict, ImageFilters, ImageStore
 
@@ -264,3 +264,23 @@ def test_rmi_by_repo_digest_removes_only_that_reference(store: ImageStore) -> No
     assert out == [{"Untagged": "r.example/app@sha256:" + "1" * 64}]
     assert store.get(iid).repo_digests == ("r.example/app@sha256:" + "2" * 64,)
     assert store.remove("app:1")[-1] == {"Deleted": iid}
+
+
+def test_blob_writer_verifies_and_resumes(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    data = os.urandom(10_000)
+    digest = sha256_digest(data)
+    with blobs.writer(digest, len(data), resume=True) as w:
+        w.write(data[:4000])  # interrupted here: the partial stays
+    with blobs.writer(digest, len(data), resume=True) as w:
+        assert w.offset == 4000
+        # a concurrent download of the same blob does not share the partial file
+        with blobs.writer(digest, len(data), resume=True) as other:
+            assert other.offset == 0 and other.path != w.path
+        w.write(data[4000:])
+        assert w.commit() == digest
+    assert blobs.read(digest) == data
+    with pytest.raises(DigestMismatch), blobs.writer(digest, len(data), resume=True) as w:
+        w.write(bytes(reversed(data)))
+        w.commit()
+    assert list(blobs.ingest_dir.iterdir()) == []  # wrong bytes are never kept to resume
