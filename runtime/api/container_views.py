@@ -54,8 +54,6 @@ def _volumes(body: Mapping[str, Any], hc: Mapping[str, Any]) -> tuple[tuple[Volu
             flags = set(parts[2].split(","))
             parts = [parts[0], parts[1], "ro" if "ro" in flags else "rw"]
         volumes.append(VolumeRequest.parse(":".join(parts)))
-    for dst in body.get("Volumes") or {}:
-        volumes.append(VolumeRequest("", dst))
     for m in hc.get("Mounts") or []:
         kind, target = m.get("Type", "volume"), m.get("Target") or m.get("Destination")
         if not target:
@@ -69,6 +67,13 @@ def _volumes(body: Mapping[str, Any], hc: Mapping[str, Any]) -> tuple[tuple[Volu
             raise BadRequest(f"invalid mount config: mount type {kind!r} is not supported")
     for dst, opts in (hc.get("Tmpfs") or {}).items():
         tmpfs.append(f"{dst}:{opts}" if opts else dst)
+    # Config.Volumes lists anonymous volumes, but clients (docker-py) also list the
+    # destinations they bind there: those are not anonymous (Docker skips them too).
+    taken = {os.path.normpath(v.destination) for v in volumes} | \
+        {os.path.normpath(t.split(":", 1)[0]) for t in tmpfs}
+    for dst in body.get("Volumes") or {}:
+        if os.path.normpath(dst) not in taken:
+            volumes.append(VolumeRequest("", dst))
     return tuple(volumes), tuple(tmpfs)
 
 

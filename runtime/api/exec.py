@@ -10,10 +10,11 @@ from typing import Any
 from aiohttp import web
 
 from runtime.api.containers import json_body, manager
-from runtime.api.errors import BadRequest
+from runtime.api.errors import BadRequest, Conflict
 from runtime.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, hijack
 from runtime.api.routes import RouteTable
 from runtime.api.streams import _feed_fd, frame, set_winsize, size_params
+from runtime.container.errors import ContainerError
 from runtime.container.exec import ExecSession
 from runtime.container.spec import ExecRequest
 
@@ -45,15 +46,29 @@ async def start(request: web.Request) -> web.StreamResponse:
     exec_id = request.match_info["id"]
     body = await json_body(request)
     detach = bool(body.get("Detach")) if isinstance(body, dict) else False
-    session = await mgr.exec_start(exec_id)
     if detach:
+        await mgr.exec_start(exec_id)
         return web.Response(status=200)
-    tty = session.request.tty
+    info = mgr.exec_inspect(exec_id)  # 404 before the stream is opened
+    if info.running or info.exit_code is not None:
+        raise Conflict(f"exec {exec_id} has already run")
+    tty = mgr.execs[exec_id].request.tty
+    # Hijack first, then start the process (as dockerd does): a client that reads
+    # the 101 answer through a buffered reader and then the raw socket (docker-py)
+    # must not find output in that buffer.
     conn = await hijack(request, RAW_STREAM if tty else MULTIPLEXED_STREAM)
     feeder = None
-    if tty and session.pty >= 0:
-        feeder = asyncio.ensure_future(_feed_fd(conn, session.pty))
     try:
+        try:
+            session = await mgr.exec_start(exec_id)
+        except ContainerError as e:
+            # Too late for an HTTP error: say it in the stream, as dockerd does; the
+            # exec's exit code (126/127) is in its inspect.
+            message = f"{e}\r\n".encode()
+            await conn.write(message if tty else frame("stderr", message))
+            return conn.response
+        if tty and session.pty >= 0:
+            feeder = asyncio.ensure_future(_feed_fd(conn, session.pty))
         async for stream, chunk in session.output():
             await conn.write(chunk if tty else frame(stream, chunk))
         # The stream ends once the exit code is known, so that a client that
