@@ -137,6 +137,7 @@ class FleetRun:
     names: list[str]
     release_version: str
     started: float = field(default_factory=time.monotonic)
+    history: list[FleetStatus] = field(default_factory=list)  # every status watch() saw
 
     def status(self) -> FleetStatus:
         return asyncio.run(read_status(self.etcd.endpoint))
@@ -249,6 +250,7 @@ def watch(run: FleetRun, done: Callable[[FleetStatus], bool], timeout: float,
     deadline = time.monotonic() + timeout
     while True:
         st = run.status()
+        run.history.append(st)
         now = _snapshot(st)
         t = time.monotonic() - run.started
         for k, v in now.items():
