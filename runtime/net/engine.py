@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,6 @@ from runtime.net.options import config_from_options
 from runtime.net.ports import parse_exposed, to_docker_ports
 from runtime.net.provider import NetworkService
 from runtime.net.views import docker_endpoint
-
-_RESULT_HAS_ENV = "env" in {f.name for f in fields(NetworkResult)}
 
 
 class EngineNetwork:
@@ -74,7 +72,7 @@ class EngineNetwork:
             raise
         first = res.endpoints[0] if res.endpoints else None
         nets = {n.id: n for n in self.service.networks()}
-        result: dict[str, Any] = dict(
+        return NetworkResult(
             ip_address=first.address if first else "",
             gateway=first.gateway if first and not nets[first.network_id].internal else "",
             mac_address=first.mac if first else "",
@@ -83,11 +81,6 @@ class EngineNetwork:
                       for ep in res.endpoints},
             files={dst: str(src) for dst, src in files.items()},
         )
-        # --link variables for the container's environment: needs `env` on the
-        # engine's NetworkResult (asked for in runtime/net/README.md).
-        if _RESULT_HAS_ENV:
-            result["env"] = res.env
-        return NetworkResult(**result)
 
     async def teardown(self, container_id: str) -> None:
         await self.service.teardown(container_id)
