@@ -13,6 +13,7 @@ image uses, and never what a pull in progress has pinned.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import re
 import sqlite3
@@ -134,6 +135,8 @@ class ImageFilters:
     labels: tuple[str, ...] = ()  # "key" or "key=value", all must match
     reference: tuple[str, ...] = ()  # fnmatch patterns on familiar name[:tag]
     include_intermediate: bool = False
+    created_before: float | None = None  # unix seconds (Docker's before=/until=)
+    created_after: float | None = None  # unix seconds (Docker's since=)
 
 
 class ImageStore:
@@ -252,6 +255,11 @@ class ImageStore:
             if f.labels and not self._labels_match(rec.id, f.labels):
                 continue
             if f.reference and not _reference_match(rec.tags, f.reference):
+                continue
+            created = created_unix(rec.created)
+            if f.created_before is not None and not created < f.created_before:
+                continue
+            if f.created_after is not None and not created > f.created_after:
                 continue
             out.append(rec)
         return out
@@ -441,7 +449,8 @@ class ImageStore:
         deleted: list[dict[str, str]] = []
         reclaimed = 0
         f = filters or ImageFilters()
-        for rec in self.list_images(ImageFilters(labels=f.labels)):
+        for rec in self.list_images(ImageFilters(labels=f.labels,
+                                                 created_before=f.created_before)):
             if not (all_images or rec.dangling) or self.users.containers_using(rec.id):
                 continue
             with self.lock:
@@ -526,6 +535,25 @@ class ImageStore:
             diff_ids=tuple(str(r[0]) for r in layers),
             layer_blobs=tuple(str(r[1]) for r in layers),
         )
+
+
+def created_unix(created: str) -> float:
+    """An image config's RFC 3339 `created` as unix seconds (0 if absent or odd)."""
+    if not created:
+        return 0.0
+    text = created.strip().replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:  # Python 3.11 takes at most 6 fractional digits
+        digits = "".join(c for c in rest if c.isdigit())
+        tz = rest[len(digits):]
+        text = f"{head}.{digits[:6]}{tz}"
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return 0.0
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
 
 
 def _tag_name(ref: str) -> str:

@@ -3,22 +3,39 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import time
 from typing import Any
 
 from runtime.oci import chain_id
-from runtime.store.images import ImageRecord, ImageStore, familiar
+from runtime.store.images import ImageRecord, ImageStore, created_unix, familiar
 
 
 def _unix(created: str) -> int:
-    if not created:
-        return 0
+    return int(created_unix(created))
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_timestamp(text: str, now: float | None = None) -> float:
+    """Docker's filter times (until=, since=): unix seconds, RFC 3339, or a Go
+    duration ("24h", "1h30m", "90s") meaning that long before now."""
+    now = time.time() if now is None else now
+    text = text.strip()
     try:
-        # Python 3.11's fromisoformat takes at most microseconds and no 'Z'.
-        head = created.rstrip("Z").partition(".")[0]
-        stamp = dt.datetime.fromisoformat(head.split("+")[0]).replace(tzinfo=dt.UTC)
-        return int(stamp.timestamp())
+        return float(text)
     except ValueError:
-        return 0
+        pass
+    m = _DURATION.match(text)
+    if m and any(m.groups()):
+        h, mi, sec = (float(g or 0) for g in m.groups())
+        return now - (h * 3600 + mi * 60 + sec)
+    stamp = created_unix(text)
+    if stamp == 0.0:
+        raise ValueError(f"{text!r} is not a timestamp (unix seconds, RFC 3339) or a "
+                         "duration (24h, 90m, 30s)")
+    return stamp
 
 
 def summary(store: ImageStore, rec: ImageRecord) -> dict[str, Any]:

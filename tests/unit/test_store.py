@@ -16,7 +16,7 @@ from runtime.store import views
 from runtime.store.archive import ArchiveError, apply_changes, import_rootfs, load, save
 from runtime.store.blobs import BlobStore, DigestMismatch
 from runtime.store.commit import IdShift, commit_layer, create_image
-from runtime.store.images import ImageConflict, ImageFilters, ImageStore
+from runtime.store.images import ImageConflict, ImageFilters, ImageStore, created_unix
 
 
 def rootfs_tar(files: dict[str, bytes]) -> bytes:
@@ -284,3 +284,21 @@ def test_blob_writer_verifies_and_resumes(tmp_path: Path) -> None:
         w.write(bytes(reversed(data)))
         w.commit()
     assert list(blobs.ingest_dir.iterdir()) == []  # wrong bytes are never kept to resume
+
+
+def test_time_filters(store: ImageStore) -> None:
+    old = create_image(store, base=None, layers=[], created="2020-01-01T00:00:00.123456789Z",
+                       tags=["old:1"])
+    new = create_image(store, base=None, layers=[], created="2026-01-01T00:00:00Z",
+                       tags=["new:1"])
+    cut = created_unix("2023-01-01T00:00:00Z")
+    assert [r.id for r in store.list_images(ImageFilters(created_before=cut))] == [old.id]
+    assert [r.id for r in store.list_images(ImageFilters(created_after=cut))] == [new.id]
+    assert views.parse_timestamp("24h", now=100_000.0) == 100_000.0 - 86400
+    assert views.parse_timestamp("1h30m", now=10_000.0) == 10_000.0 - 5400
+    assert views.parse_timestamp("1700000000") == 1700000000.0
+    assert views.parse_timestamp("2023-01-01T00:00:00Z") == cut
+    with pytest.raises(ValueError, match="not a timestamp"):
+        views.parse_timestamp("yesterday")
+    store.prune(all_images=True, filters=ImageFilters(created_before=cut))
+    assert [r.id for r in store.list_images()] == [new.id]
