@@ -30,8 +30,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from runtime.net.model import Network, PublishedPort, overflow_pattern
-from runtime.run import run
+from runtime.net.model import NetError, Network, PublishedPort, overflow_pattern
+from runtime.run import CommandError, run
 
 TABLE = "berth"
 
@@ -123,5 +123,14 @@ def nft_cmd(host_netns: Path | None) -> list[str]:
     return [*prefix, "nft", "-f", "-"]
 
 
+class NftFailed(NetError):
+    pass
+
+
 def apply(script: str, host_netns: Path | None = None) -> None:
-    run(nft_cmd(host_netns), input=script)
+    try:
+        run(nft_cmd(host_netns), input=script)
+    except CommandError as e:
+        raise NftFailed(f"applying Berth's nft table failed: {e.stderr.strip() or e}") from e
+    except FileNotFoundError as e:
+        raise NftFailed("nft is not installed: published ports and NAT need nftables") from e

@@ -493,8 +493,13 @@ class NetworkService:
             return self._ptr.get(nid, {}).get(address)
 
         dns = DnsResponder(net.name, lookup, reverse, upstreams)
-        sock = await asyncio.to_thread(bound_socket, self.host_netns, socket.SOCK_DGRAM,
-                                       net.gateway, 53)
+        try:
+            sock = await asyncio.to_thread(bound_socket, self.host_netns, socket.SOCK_DGRAM,
+                                           net.gateway, 53)
+        except OSError as e:
+            raise NetError(f"DNS for network {net.name}: cannot listen on {net.gateway}:53 "
+                           f"({e.strerror or e}): is another DNS server listening there, or on all "
+                           f"addresses?") from e
         up = await asyncio.to_thread(bound_socket, self.host_netns, socket.SOCK_DGRAM,
                                      "0.0.0.0", 0) if upstreams else None
         await dns.start(sock, up)

@@ -7,6 +7,7 @@ outside the host. Nothing here touches the machine's root namespace.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,3 +268,28 @@ def test_a_network_outgrows_one_bridge_through_overflow_bridges(netns: NetNS,
         net.loop.call(net.service.remove_network("big"))
         left = net.host("ip", "-o", "link").stdout
         assert not any(f": {p}" in left for p in ("bx", "tx", "ty", "br-", "vb"))
+
+
+def test_a_network_that_cannot_be_made_changes_nothing(net: Lab) -> None:
+    before_links = net.host("ip", "-o", "link").stdout
+    before_nets = [n.name for n in net.service.networks()]
+    # another DNS server holds UDP port 53 on the gateway address the network
+    # will have (IP_FREEBIND: bound before the address exists)
+    squatter = subprocess.Popen(
+        ["nsenter", f"--net={net.host_netns}", "python3", "-c",
+         "import socket, time\ns = socket.socket(2, 2)\ns.setsockopt(0, 15, 1)\n"
+         "s.bind(('10.77.0.1', 53))\nprint('bound', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline() == "bound\n"
+        with pytest.raises(NetError, match=r":53 .*another DNS server"):
+            net.loop.call(net.service.create_network(NetworkSpec("blocked",
+                                                                 subnet="10.77.0.0/24")))
+    finally:
+        squatter.kill()
+        squatter.wait()
+    assert [n.name for n in net.service.networks()] == before_nets
+    assert net.host("ip", "-o", "link").stdout == before_links
+    with pytest.raises(NetError, match="invalid subnet"):
+        net.loop.call(net.service.create_network(NetworkSpec("bad", subnet="10.1.2.3/16")))
+    assert [n.name for n in net.service.networks()] == before_nets
