@@ -106,6 +106,18 @@ def prepare(mgr: ContainerManager, req: CreateRequest) -> ContainerRecord:
     userns = mgr.config.userns if req.userns is None else req.userns
     uid_base = allocate_uid_base(mgr) if userns else 0
     volumes, anonymous = resolve_volumes(mgr, req, image.config.volumes)
+    if spec.network_mode not in ("none", "host"):
+        # For the network provider (added by the networking helper, issue 4): -P
+        # publishes the image's EXPOSE ports too, and a --link to this container
+        # shows its whole environment (image ENV + -e), as Docker's did.
+        opts = dict(req.network_options)
+        given = opts.get("ExposedPorts")
+        exposed = {str(p) for p in given} if isinstance(given, (list, tuple)) else set()
+        opts["ExposedPorts"] = sorted(exposed | set(image.config.exposed_ports))
+        opts["Env"] = list(spec.env)
+        import dataclasses
+
+        req = dataclasses.replace(req, network_options=opts)
     data = mgr.data_dir(container_id)
     for sub in ("upper", "work"):
         (data / sub).mkdir(parents=True, exist_ok=True)

@@ -255,3 +255,27 @@ def test_link_env_and_hosts_in_a_container(engine: Engine) -> None:
     assert "DBA_NAME=/web/dba" in out
     assert f"{ip}\tdba db" in out
     assert out.rstrip().endswith(db[:12]), out  # db's /etc/hostname, fetched by HTTP
+
+
+def test_publish_all_uses_the_images_expose_and_links_show_its_env(engine: Engine) -> None:
+    with busybox_rootfs_tar(engine.root / "web.tar").open("rb") as f:
+        import_rootfs(engine.images, f, tag="webimg:latest",
+                      changes=["EXPOSE 80", "ENV GREETING=hello"])
+
+    async def go() -> str:
+        c = await engine.mgr.create(CreateRequest(
+            image="webimg", name="img", cmd=("httpd", "-f", "-p", "80", "-h", "/etc"),
+            network_mode="bridge",
+            network_options=options_from_docker({"HostConfig": {"PublishAllPorts": True}})))
+        await engine.mgr.start(c.id)
+        return c.id
+    cid = engine.loop.call(go())
+    (published,) = engine.svc.ports(cid)
+    assert (published.binding.container_port, str(published.binding.proto)) == (80, "tcp")
+    port = published.binding.host_port
+    assert engine.curl(f"http://127.0.0.1:{port}/hostname") == cid[:12] + "\n"
+    engine.run("client", ("sh", "-c", "env | grep ^WEB_"),
+               {"HostConfig": {"Links": ["img:web"]}})
+    out = logs_of(engine, "client")
+    assert "WEB_ENV_GREETING=hello" in out
+    assert "WEB_PORT_80_TCP_PORT=80" in out
