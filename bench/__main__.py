@@ -14,6 +14,7 @@ import sys
 from types import ModuleType
 
 BENCHMARKS: list[str] = [
+    "bench.api_start",
     "bench.boot",
     "bench.density",
     "bench.fleet",

@@ -23,7 +23,7 @@ _GLOBAL_WITH_VALUE = ("-H", "--host", "--tlscacert", "--tlscert", "--tlskey")
 
 
 def wants_sign_verbs(argv: Sequence[str]) -> bool:
-    """True if argv names a sign verb, or asks for the full help."""
+    """True if argv names a sign verb, or asks for the full help (`berth --help`)."""
     args = iter(argv)
     for word in args:
         if word in _GLOBAL_WITH_VALUE:
@@ -32,7 +32,7 @@ def wants_sign_verbs(argv: Sequence[str]) -> bool:
             return True
         elif not word.startswith("-"):
             return word in SIGN_VERBS
-    return True
+    return False
 
 
 def build_parser(with_sign_verbs: bool = True) -> argparse.ArgumentParser:

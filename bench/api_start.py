@@ -1,0 +1,262 @@
+"""Start latency through the API and end to end, side by side with crun, podman, docker.
+
+1. API: a warm berthd (own data/exec roots, own network namespace), busybox
+   `/bin/true` with `--network none`: create + start + exit seen (the wait is
+   registered before the start), as a client of the unix socket, against
+   `crun run` of the same rootfs and command (crun creates, starts, waits
+   and deletes), each timed per run. crun runs as MACHINE-NOTES says: in a
+   private mount namespace with the unified cgroup.controllers hidden.
+2. CLI: `berth run --rm busybox true` end to end (a new CLI process each
+   time) against `podman run --rm` and `docker run --rm` (Debian's dockerd
+   with a private data root in the same namespace), all `--network none`.
+
+Medians of --runs runs each (after --warmup runs), and the ratio to each peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from runtime.client import Client, Endpoint
+from runtime.run import CommandError, run
+
+DESCRIPTION = "start of /bin/true: API vs crun run; berth run --rm vs podman and docker"
+IMAGE = "busybox:bench"
+DOCKER = "/usr/local/bin/docker"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per side (30)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (3)")
+    parser.add_argument("--no-podman", action="store_true", help="skip podman")
+    parser.add_argument("--no-docker", action="store_true", help="skip docker")
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# --- the pieces the bench starts ------------------------------------------------------
+
+
+@contextmanager
+def netns() -> Iterator[str]:
+    name = f"berth-bench-{uuid.uuid4().hex[:8]}"
+    run(["ip", "netns", "add", name])
+    try:
+        run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])
+        yield f"/run/netns/{name}"
+    finally:
+        run(["ip", "netns", "delete", name], check=False)
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            Client(Endpoint(unix_path=str(path)), version="1.41").call("GET", "/_ping").read()
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer on {path}")
+
+
+@contextmanager
+def start_berthd(ns: str, work: Path) -> Iterator[Path]:
+    sock = work / "berthd.sock"
+    log = (work / "berthd.log").open("wb")
+    proc = subprocess.Popen(
+        ["nsenter", f"--net={ns}", "--", sys.executable, "-m", "runtime.daemon",
+         "--data-root", str(work / "data"), "--exec-root", str(work / "exec"),
+         "-H", f"unix://{sock}", "--bridge", "none", "--log-level", "warn"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_for_socket(sock, proc, "berthd")
+        yield sock
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+
+
+@contextmanager
+def start_dockerd(ns: str, work: Path) -> Iterator[Path]:
+    sock = work / "dockerd.sock"
+    log = (work / "dockerd.log").open("wb")
+    proc = subprocess.Popen(
+        ["nsenter", f"--net={ns}", "--", "dockerd", "--data-root", str(work / "docker"),
+         "--exec-root", str(work / "docker-exec"), "-H", f"unix://{sock}",
+         "--pidfile", str(work / "dockerd.pid"), "--iptables=false", "--ip-forward=false",
+         "--ip-masq=false", "--bridge=none", "--storage-driver=overlay2"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_socket(sock, proc, "dockerd")
+        yield sock
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+
+
+def podman_env(work: Path) -> dict[str, str]:
+    conf = work / "containers.conf"
+    conf.write_text('[containers]\nnetns="none"\n'
+                    'default_ulimits=["nofile=20000:20000","nproc=32768:32768"]\n'
+                    '[engine]\nruntime="runc"\ncgroup_manager="cgroupfs"\n'
+                    'events_logger="file"\n')
+    storage = work / "storage.conf"
+    storage.write_text(f'[storage]\ndriver="overlay"\ngraphroot="{work}/podman"\n'
+                       f'runroot="{work}/podman-run"\n')
+    return {"CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
+
+
+# --- the sides ------------------------------------------------------------------------
+
+
+class ApiStart:
+    """One timed run: create, register the wait, start, see the exit."""
+
+    def __init__(self, sock: Path) -> None:
+        self.client = Client(Endpoint(unix_path=str(sock)))
+        self.waiter = Client(Endpoint(unix_path=str(sock)))
+        self.body = {"Image": IMAGE, "Cmd": ["/bin/true"],
+                     "HostConfig": {"NetworkMode": "none"}}
+        self.created: list[str] = []
+
+    def __call__(self) -> None:
+        cid = self.client.post("/containers/create", None, self.body)["Id"]
+        wait = self.waiter.call("POST", f"/containers/{cid}/wait", {"condition": "next-exit"})
+        self.client.post(f"/containers/{cid}/start")
+        result = wait.json()
+        if result["StatusCode"] != 0:
+            raise RuntimeError(f"container {cid[:12]} exited {result}")
+        self.created.append(cid)
+
+    def cleanup(self) -> None:
+        for cid in self.created:
+            self.client.call("DELETE", f"/containers/{cid}", {"force": 1}).read()
+
+
+def crun_times(work: Path, rootfs_tar: Path, runs: int, warmup: int) -> list[float]:
+    bundle = work / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    run(["tar", "-xf", str(rootfs_tar), "-C", str(bundle / "rootfs")])
+    run(["crun", "spec"], cwd=bundle)
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = ["/bin/true"]
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    empty = work / "empty"
+    empty.touch()
+    # The timing loop runs inside the private mount namespace, so only `crun run`
+    # itself is timed, not the unshare around it.
+    script = (f"mount --bind {empty} /sys/fs/cgroup/unified/cgroup.controllers && "
+              f"exec {sys.executable} -m bench.api_start --crun-loop {bundle} "
+              f"{work / 'crun-state'} {runs} {warmup}")
+    out = run(["unshare", "-m", "sh", "-c", script], cwd=ROOT).stdout
+    return [float(x) for x in json.loads(out)]
+
+
+def crun_loop(bundle: str, state: str, runs: int, warmup: int) -> None:
+    n = 0
+
+    def once() -> None:
+        nonlocal n
+        n += 1
+        run(["crun", "--root", state, "run", "--bundle", bundle, f"bench{os.getpid()}-{n}"])
+
+    print(json.dumps(timed(once, runs, warmup)))
+
+
+def cli_run(argv: list[str], env: dict[str, str] | None = None) -> Callable[[], None]:
+    def once() -> None:
+        run(argv, env=env, cwd=ROOT)
+    return once
+
+
+# --- report ---------------------------------------------------------------------------
+
+
+def row(name: str, times: list[float]) -> float:
+    med = statistics.median(times)
+    print(f"  {name:<34}{med * 1000:9.1f} ms  (min {min(times) * 1000:.1f}, "
+          f"max {max(times) * 1000:.1f})")
+    return med
+
+
+def main(args: argparse.Namespace) -> int:
+    from tests.privileged.images import busybox_rootfs_tar
+
+    work = Path(tempfile.mkdtemp(prefix="berth-bench-start-"))
+    work.chmod(0o711)
+    try:
+        tar = busybox_rootfs_tar(work / "busybox.tar")
+        with netns() as ns, start_berthd(ns, work) as sock:
+            host = f"unix://{sock}"
+            berth = [sys.executable, "-m", "runtime.cli", "-H", host]
+            run([*berth, "import", str(tar), IMAGE])
+            print(f"start of /bin/true, busybox, --network none; median of {args.runs}")
+            print("1. through the API from a warm daemon vs crun run")
+            start = ApiStart(sock)
+            api = row("berthd API create+start+exit", timed(start, args.runs, args.warmup))
+            start.cleanup()
+            crun = row("crun run", crun_times(work, tar, args.runs, args.warmup))
+            print(f"  ratio berth/crun: {api / crun:.2f} (target <= 1.0)")
+
+            print("2. end to end: a new CLI process per run, --rm")
+            berth_run = cli_run([*berth, "run", "--rm", "--network", "none", IMAGE, "true"])
+            b = row("berth run --rm", timed(berth_run, args.runs, args.warmup))
+            peers: dict[str, float] = {}
+            if not args.no_podman:
+                env = podman_env(work)
+                run(["podman", "import", str(tar), IMAGE], env=env)
+                peers["podman"] = row("podman run --rm", timed(cli_run(
+                    ["podman", "run", "--rm", "--network", "none", IMAGE, "true"], env),
+                    args.runs, args.warmup))
+            if not args.no_docker:
+                with start_dockerd(ns, work) as dsock:
+                    docker = [DOCKER, "-H", f"unix://{dsock}"]
+                    run([*docker, "import", str(tar), IMAGE])
+                    peers["docker"] = row("docker run --rm", timed(cli_run(
+                        [*docker, "run", "--rm", "--network", "none", IMAGE, "true"]),
+                        args.runs, args.warmup))
+            for name, med in peers.items():
+                print(f"  ratio berth/{name}: {b / med:.2f} (target <= 0.4)")
+    except CommandError as e:
+        print(f"bench failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--crun-loop":
+        crun_loop(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        parser = argparse.ArgumentParser(prog="python -m bench.api_start", description=__doc__)
+        add_arguments(parser)
+        sys.exit(main(parser.parse_args()))
