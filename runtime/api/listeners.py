@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from runtime import tls
+
 log = logging.getLogger("berth.daemon")
 
 DEFAULT_UNIX = "/run/berth/berthd.sock"
 DEFAULT_TLS_PORT = 2376
 SOCKET_GROUP = "berth"
 # systemd credential names for the server's TLS material (see berthd.service).
-CREDENTIAL_NAMES = ("berth.tls.ca", "berth.tls.cert", "berth.tls.key")
+CREDENTIAL_NAMES = (tls.CREDENTIAL_CA, tls.CREDENTIAL_CERT, tls.CREDENTIAL_KEY)
 
 
 class ListenError(Exception):
@@ -108,18 +110,12 @@ def tls_files(ca: str | None, cert: str | None, key: str | None,
     return None
 
 
-def server_ssl_context(tls: TlsFiles) -> ssl.SSLContext:
+def server_ssl_context(files: TlsFiles) -> ssl.SSLContext:
     """Mutual TLS: the server proves itself and the client must show a cert from the CA."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(tls.cert, tls.key)
-        ctx.load_verify_locations(cafile=tls.ca)
-    except (OSError, ssl.SSLError) as e:
-        raise ListenError(f"cannot load TLS material ({tls.cert}, {tls.key}, CA {tls.ca}): "
-                          f"{e}") from e
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+        return tls.server_context(files.ca, files.cert, files.key)
+    except tls.TlsError as e:
+        raise ListenError(str(e)) from e
 
 
 def activated_sockets() -> list[socket.socket]:

@@ -7,8 +7,6 @@ TCP with mutual TLS inside the namespace).
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import os
 import random
@@ -18,61 +16,16 @@ import stat
 import subprocess
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from runtime import __version__
+from runtime import __version__, tls
 from tests.privileged.berthd import BERTHD, request, start_berthd, stop, wait_for_ping
 from tests.privileged.conftest import NetNS
 
 DOCKER = "/usr/local/bin/docker"
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-
-
 def make_certs(d: Path) -> Path:
-    """A CA plus server and client pairs in Docker's file layout, in `d`."""
-    d.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                       False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-
-    def leaf(cn: str, usage: x509.ObjectIdentifier, cert: str, key: str,
-             sans: list[x509.GeneralName]) -> None:
-        k = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject)
-             .public_key(k.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(minutes=5))
-             .not_valid_after(now + dt.timedelta(days=1))
-             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
-        if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        (d / cert).write_bytes(b.sign(ca_key, hashes.SHA256())
-                               .public_bytes(serialization.Encoding.PEM))
-        _write_key(d / key, k)
-
-    leaf("berthd", ExtendedKeyUsageOID.SERVER_AUTH, "server-cert.pem", "server-key.pem",
-         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    leaf("client", ExtendedKeyUsageOID.CLIENT_AUTH, "cert.pem", "key.pem", [])
-    return d
+    """A CA plus server and client pairs in Docker's file layout, in `d` (runtime.tls)."""
+    return tls.generate(d).directory
 
 
 def _port() -> int:
