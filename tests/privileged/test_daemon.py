@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from runtime import __version__, tls
-from tests.privileged.berthd import BERTHD, request, start_berthd, stop, wait_for_ping
+from tests.privileged.berthd import BERTH, BERTHD, request, start_berthd, stop, wait_for_ping
 from tests.privileged.conftest import NetNS
 
 DOCKER = "/usr/local/bin/docker"
@@ -97,6 +97,15 @@ def test_mtls_tcp_listener(netns: NetNS, tmp_path: Path) -> None:
                            "-H", f"tcp://127.0.0.1:{port}", "version", check=False)
         assert docker.returncode == 0, docker.stderr
         assert "Server: Berth" in docker.stdout
+
+        berth = netns.run(*BERTH, "--tlsverify", "--tlscacert", str(certs / "ca.pem"),
+                          "--tlscert", str(certs / "cert.pem"), "--tlskey",
+                          str(certs / "key.pem"), "-H", f"tcp://127.0.0.1:{port}", "version",
+                          "--format", "{{.Server.Version}}", check=False)
+        assert berth.stdout == f"{__version__}\n", berth.stderr
+        no_cert = netns.run(*BERTH, "--tlsverify", "--tlscacert", str(certs / "ca.pem"),
+                            "-H", f"tcp://127.0.0.1:{port}", "ps", check=False)
+        assert no_cert.returncode == 1 and "Traceback" not in no_cert.stderr
 
 
 def test_tls_from_systemd_credentials(netns: NetNS, tmp_path: Path) -> None:
