@@ -48,6 +48,7 @@ class Engine:
             mode = (body.get("HostConfig") or {}).get("NetworkMode") or "bridge"
             c = await self.mgr.create(CreateRequest(
                 image="busybox", name=name, cmd=cmd, network_mode=mode,
+                env=tuple(body.get("Env") or ()),
                 network_options=options_from_docker(body)))
             await self.mgr.start(c.id)
             return c.id
