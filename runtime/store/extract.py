@@ -360,7 +360,8 @@ def extract_layer(raw: Readable, dest: Path, limits: ExtractLimits | None = None
     reader = _HashingReader(decompressed(raw))
     ex = Extractor(dest, limits, preserve_owner)
     try:
-        with tarfile.open(fileobj=cast(BinaryIO, reader), mode="r|", errorlevel=2) as tar:
+        with tarfile.open(fileobj=cast(BinaryIO, reader), mode="r|", errorlevel=2,
+                          bufsize=1 << 20) as tar:
             ex.run(tar)
         reader.drain()
     except tarfile.TarError as e:
