@@ -135,7 +135,9 @@ async def _fetch_layers(store: ImageStore, client: RegistryClient, r: Reference,
     sem = asyncio.Semaphore(client.options.parallel)
 
     async def one(d: Descriptor, diff_id: str) -> bool:
-        if store.layers.has(diff_id) or store.blobs.has(d.digest):
+        # The blob is needed even when the layer is already unpacked (from a
+        # blob of another compression): save and push hand out these bytes.
+        if store.blobs.has(d.digest):
             prog.done(d.digest, "Already exists")
             got = False
         else:
