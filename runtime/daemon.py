@@ -67,6 +67,7 @@ class DaemonConfig:
     insecure_registries: tuple[str, ...] = ()
     containers_dir: Path | None = None     # declarative containers (containers.d)
     policy: Path = Path("/etc/berth/policy.json")
+    cgroup_parent: Path | None = None      # None: the delegated subtree, else the engine's
 
     @property
     def default_socket(self) -> Path:
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", type=Path, default=Path("/etc/berth/policy.json"),
                    help="trust policy for pulls and runs (no file: accept all; "
                         "default %(default)s)")
+    p.add_argument("--cgroup-parent", type=Path, default=None,
+                   help="cgroup v2 directory for containers' cgroups (default: the subtree "
+                        "systemd delegated to berthd.service, else <cgroup2 mount>/berth)")
     p.add_argument("--containers-dir", type=Path, default=None,
                    help="watch this directory of declarative containers (*.toml), e.g. "
                         "/etc/berth/containers.d")
@@ -121,7 +125,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> DaemonConfig:
                           bridge=args.bridge, userns=args.userns == "default",
                           log_driver=args.log_driver,
                           insecure_registries=tuple(args.insecure_registry),
-                          containers_dir=args.containers_dir, policy=args.policy)
+                          containers_dir=args.containers_dir, policy=args.policy,
+                          cgroup_parent=args.cgroup_parent)
     if tls is None and not config.insecure_tcp and any(h.scheme is Scheme.TCP for h in hosts):
         raise ListenError("tcp:// listeners need mutual TLS: give --tlscacert, --tlscert and "
                           "--tlskey (or the berth.tls.* credentials), or --insecure-tcp")
@@ -271,6 +276,25 @@ class Services:
             await self.network.close()
 
 
+CGROUP_MOUNT = Path("/sys/fs/cgroup")
+
+
+def delegated_cgroup_root(proc_cgroup: str, under_systemd: bool) -> Path | None:
+    """Where containers' cgroups go when systemd delegated a subtree to berthd.
+
+    berthd.service has Delegate=yes and DelegateSubgroup=supervisor: the daemon
+    runs in <service>/supervisor and owns <service>; containers go beside it in
+    <service>/containers (a cgroup with processes cannot also hand controllers
+    to children, hence the two leaves).
+    """
+    for line in proc_cgroup.splitlines():
+        if line.startswith("0::"):
+            path = line[3:].strip()
+            if under_systemd and path.endswith("/supervisor"):
+                return CGROUP_MOUNT / path.strip("/").rpartition("/")[0] / "containers"
+    return None
+
+
 def engine_id(data_root: Path) -> str:
     """A stable id for this daemon's data root (Docker's `info` ID)."""
     path = data_root / "engine-id"
@@ -311,8 +335,11 @@ async def start_services(config: DaemonConfig, backend: Backend) -> Services:
         await net.start()
         services.network = backend.networks = net
         provider = EngineNetwork(net, files_root=config.exec_root / "net")
+    cgroup_root = config.cgroup_parent or delegated_cgroup_root(
+        Path("/proc/self/cgroup").read_text(), bool(os.environ.get("INVOCATION_ID")))
     engine = EngineConfig(root=config.data_root, exec_root=config.exec_root,
-                          userns=config.userns, log_driver=config.log_driver)
+                          cgroup_root=cgroup_root, userns=config.userns,
+                          log_driver=config.log_driver)
     # The trust policy stands in front of the store: no container from an image it refuses.
     mgr = ContainerManager(engine, images=TrustedResolver(store, config.policy),
                            events=backend.events, network=provider, db=db)

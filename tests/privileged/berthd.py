@@ -7,6 +7,7 @@ and stops it by its PID (SIGTERM, then SIGKILL) on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from runtime import cgroups
 from tests.privileged.conftest import NetNS
 
 BERTHD = [sys.executable, "-m", "runtime.daemon"]
@@ -71,6 +73,7 @@ class Berthd:
     data_root: Path
     exec_root: Path
     log: Path
+    cgroup_root: Path
 
     @property
     def host(self) -> str:
@@ -142,6 +145,11 @@ def read_until(stream: IO[bytes], marker: bytes, timeout: float = 30) -> bytes:
     return seen
 
 
+def cgroup_root_for(workdir: Path) -> Path:
+    """A cgroup subtree of the test's own, beside the engine's default one."""
+    return cgroups.default_root().with_name(workdir.name)
+
+
 @contextmanager
 def berth_workdir() -> Iterator[Path]:
     """A temp dir the containers' mapped root users can traverse (pytest's tmp is 0700)."""
@@ -151,6 +159,9 @@ def berth_workdir() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+        # Empty once every container is gone; a leftover is a leak the tests report.
+        with contextlib.suppress(OSError):
+            cgroup_root_for(d).rmdir()
 
 
 @contextmanager
@@ -161,14 +172,15 @@ def start_berthd(netns: NetNS, workdir: Path, *extra: str, env: dict[str, str] |
     exec_root = workdir / "exec"
     sock = exec_root / "berthd.sock"
     log = workdir / "berthd.log"
+    cgroup_root = cgroup_root_for(workdir)
     argv = netns.argv(*prefix, *BERTHD, "--data-root", str(data_root),
                       "--exec-root", str(exec_root), "-H", f"unix://{sock}",
-                      "--log-level", "debug", *extra)
+                      "--cgroup-parent", str(cgroup_root), "--log-level", "debug", *extra)
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, **(env or {})})
-    daemon = Berthd(proc, sock, data_root, exec_root, log)
+    daemon = Berthd(proc, sock, data_root, exec_root, log, cgroup_root)
     try:
         if wait:
             wait_for_ping(sock, proc, log)

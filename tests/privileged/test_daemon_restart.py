@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime import cgroups
-from tests.privileged.berthd import Berthd, berth_workdir, start_berthd
+from tests.privileged.berthd import Berthd, berth_workdir, cgroup_root_for, start_berthd
 from tests.privileged.conftest import NetNS
 from tests.privileged.images import import_busybox
 
@@ -93,7 +92,7 @@ def test_kill9_with_50_running_containers_then_readopt(netns: NetNS) -> None:
 
         # Nothing leaked: processes, cgroups, mounts, run directories.
         assert not any(alive(pid) for pid in pids.values())
-        root = cgroups.default_root()
+        root = cgroup_root_for(work)
         assert [cid for cid in [*ids, short] if (root / cid).exists()] == []
         assert mounts_under(work) == []
         assert list((work / "exec" / "containers").iterdir()) == []

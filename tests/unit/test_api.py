@@ -129,3 +129,15 @@ def test_events_stream_replays_and_follows() -> None:
         assert await r.read() == b""
 
     with_client(check, backend)
+
+
+def test_containers_go_to_the_subtree_systemd_delegated() -> None:
+    from runtime.daemon import delegated_cgroup_root
+
+    under_unit = "0::/system.slice/berthd.service/supervisor\n"
+    assert delegated_cgroup_root(under_unit, under_systemd=True) == \
+        Path("/sys/fs/cgroup/system.slice/berthd.service/containers")
+    # Started by hand, or not in a delegated leaf: the engine's default.
+    assert delegated_cgroup_root(under_unit, under_systemd=False) is None
+    assert delegated_cgroup_root("0::/user.slice/session-1.scope\n", True) is None
+    assert delegated_cgroup_root("12:pids:/\n0::/\n", True) is None
