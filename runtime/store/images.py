@@ -319,6 +319,8 @@ class ImageStore:
             iid = manifest.config.digest
             now = time.time()
             old = self._row("SELECT manifest_digest FROM images WHERE id=?", iid)
+            old_blobs = [str(r[0]) for r in self.conn.execute(
+                "SELECT blob FROM image_layers WHERE image_id=?", (iid,))]
             with self.lock, transaction(self.conn):
                 self.conn.execute(
                     "INSERT INTO images(id, manifest_digest, created, size, parent, added) "
@@ -342,7 +344,9 @@ class ImageStore:
                     self.conn.execute("INSERT OR REPLACE INTO image_repo_digests VALUES (?,?,?)",
                                       (repo_digest[0], repo_digest[1], iid))
             if old and old[0] != manifest_digest:
-                self._drop_unreferenced([str(old[0])])
+                # The same image arrived in another form (a pull after a load):
+                # the former manifest and layer blobs go unless still used.
+                self._drop_unreferenced([str(old[0]), *old_blobs])
         return self._record(iid)
 
     def _unpack_all(self, manifest: Manifest, diff_ids: Sequence[str],

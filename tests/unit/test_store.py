@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.oci import ImageNotFound, sha256_digest
+from runtime.oci import Descriptor, ImageNotFound, Manifest, sha256_digest
 from runtime.store import views
 from runtime.store.archive import ArchiveError, apply_changes, import_rootfs, load, save
 from runtime.store.blobs import BlobStore, DigestMismatch
@@ -302,3 +303,21 @@ def test_time_filters(store: ImageStore) -> None:
         views.parse_timestamp("yesterday")
     store.prune(all_images=True, filters=ImageFilters(created_before=cut))
     assert [r.id for r in store.list_images()] == [new.id]
+
+
+def test_same_image_in_another_form_replaces_its_blobs(store: ImageStore, tmp_path: Path) -> None:
+    iid = imported(store, "app:1")
+    plain = store.get(iid)
+    manifest = store.manifest(iid)[1]
+    # the same layer, gzip-compressed: a registry's form of the same image
+    with store.blobs.open(plain.layer_blobs[0]) as f:
+        gz = store.blobs.put(gzip.compress(f.read(), 1))
+    layer = manifest.layers[0]
+    m2 = Manifest(manifest.media_type, manifest.config, (Descriptor(
+        "application/vnd.oci.image.layer.v1.tar+gzip", gz, store.blobs.size(gz)),))
+    rec = store.add_image(m2.to_bytes(), tags=["app:1"])
+    assert rec.id == iid and rec.layer_blobs == (gz,)
+    assert not store.blobs.has(layer.digest) and not store.blobs.has(plain.manifest_digest)
+    assert store.resolve("app:1").layer_dirs == store.resolve(iid).layer_dirs
+    with (tmp_path / "x.tar").open("wb") as f:
+        save(store, ["app:1"], f)  # every blob the image names is there
