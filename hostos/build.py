@@ -85,7 +85,7 @@ def request_from_args(args: argparse.Namespace, repo: Path = REPO) -> BuildReque
         raise HostosError(
             f"{repo} has no image-defs/mkosi.conf: run hostos build from a Berth checkout"
         )
-    version = check_version(args.version or project_version(repo))
+    version = check_version(project_version(repo) if args.version is None else args.version)
     output = Path(args.output) if args.output else repo / "build" / "image"
     cache = Path(args.cache) if args.cache else mkosi.DEFAULT_CACHE
     return BuildRequest(version=version, output=output.absolute(), force=bool(args.force),
