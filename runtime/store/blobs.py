@@ -151,6 +151,7 @@ class BlobStore:
         self.ingest_dir = self.root / "ingest"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)  # image contents are not for every host user to read
 
     def path(self, digest: str) -> Path:
         return self.dir / digest_hex(digest)

@@ -46,6 +46,10 @@ class LayerStore:
     def __init__(self, root: Path, limits: ExtractLimits | None = None) -> None:
         self.dir = root / "layers"
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Layers hold setuid binaries owned by root (as images ship them): host
+        # users must not reach them (Docker keeps /var/lib/docker/overlay2 0710).
+        # overlayfs reads lower layers with the mounter's (root's) credentials.
+        os.chmod(self.dir, 0o700)
         self.limits = limits or ExtractLimits()
 
     def path(self, diff_id: str) -> Path:
