@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import stat
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -321,3 +322,9 @@ def test_same_image_in_another_form_replaces_its_blobs(store: ImageStore, tmp_pa
     assert store.resolve("app:1").layer_dirs == store.resolve(iid).layer_dirs
     with (tmp_path / "x.tar").open("wb") as f:
         save(store, ["app:1"], f)  # every blob the image names is there
+
+
+def test_layers_and_blobs_are_private(store: ImageStore) -> None:
+    imported(store)
+    assert stat.S_IMODE(store.layers.dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(store.blobs.root.stat().st_mode) == 0o700
