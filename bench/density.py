@@ -114,7 +114,8 @@ def crun_side(tmp: Path, n: int, rootfs_tar: Path) -> dict[str, float]:
     hide = f"mount --bind {empty} /sys/fs/cgroup/unified/cgroup.controllers"
     prefix = f"b{uuid.uuid4().hex[:6]}"
     script = (f"{hide} && for i in $(seq 1 {n}); do "
-              f"crun --root {state} run -d --bundle {bundle} {prefix}$i >/dev/null || exit 1; "
+              f"crun --root {state} run -d --bundle {bundle} {prefix}$i "
+              f"</dev/null >/dev/null 2>&1 || exit 1; "
               f"done")
     settle()
     mem0 = meminfo()

@@ -2,8 +2,8 @@
 
 The parent's half of the handshake with init.py:
 
-    clone(NEWUSER|NEWPID|NEWUTS|NEWIPC[|NEWNET])       child: blocks on "go"
-    parent: pidfd, cgroup.procs, uid_map/gid_map, host mounts (idmapped layers,
+    clone3(NEWUSER|NEWPID|NEWUTS|NEWIPC[|NEWNET], INTO_CGROUP, PIDFD)   child: waits "go"
+    parent: uid_map/gid_map, host mounts (idmapped layers,
             overlay), [network setup by the caller, between begin and finish]
     parent: "go"                     child: unshare(NEWNS|NEWCGROUP), "copied"
     parent: detach host mounts       child: rootfs, pivot_root, caps, seccomp, exec
@@ -23,7 +23,7 @@ from runtime.cgroups import Cgroup
 from runtime.container.errors import StartError
 from runtime.container.init import ChildFds, ChildPlan, child_main
 from runtime.sys import Namespace, Sys
-from runtime.sys.libc import clone
+from runtime.sys.libc import clone3
 
 START_TIMEOUT = 30.0
 
@@ -105,7 +105,7 @@ class Launch:
                        stderr=self.stdio.stderr, go=go_r, copied=copied_w, error=err_w,
                        join=self.join)
         try:
-            pid = self._clone()
+            pid, self.pidfd = self._clone()
         except OSError as e:
             for fd in (go_r, copied_w, err_w):
                 if fd >= 0:
@@ -119,9 +119,6 @@ class Launch:
             if fd >= 0:
                 os.close(fd)
         try:
-            self.pidfd = os.pidfd_open(pid)
-            if self.cgroup is not None:
-                self.cgroup.add(pid)
             if self.idmap is not None and self.namespaces & Namespace.USER:
                 write_id_maps(pid, self.idmap)
             if self.spec is not None:
@@ -138,23 +135,32 @@ class Launch:
             raise
         return pid
 
-    def _clone(self) -> int:
-        if self.pid_ns_fd < 0:
-            return clone(self.namespaces)
-        # Joining a pid namespace only applies to children: switch ours for
-        # the clone, then back (our own active pid namespace is always allowed).
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    def _clone(self) -> tuple[int, int]:
+        """(pid, pidfd) in the parent, (0, -1) in the child; into the cgroup if any."""
+        cg_fd = own = -1
         try:
-            self.sys.setns(self.pid_ns_fd, Namespace.PID)
-            pid = clone(self.namespaces)
+            if self.cgroup is not None:
+                cg_fd = os.open(self.cgroup.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if self.pid_ns_fd >= 0:
+                # Joining a pid namespace only applies to children: switch ours for the
+                # clone, then back (our own active pid namespace is always allowed).
+                own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                self.sys.setns(self.pid_ns_fd, Namespace.PID)
+            pid, pidfd = clone3(self.namespaces, cg_fd)
         except BaseException:
-            self.sys.setns(own, Namespace.PID)
-            os.close(own)
+            self._restore(own, cg_fd)
             raise
-        if pid != 0:
-            self.sys.setns(own, Namespace.PID)
-        os.close(own)
-        return pid
+        if pid == 0:
+            return 0, -1   # the child: its copies of the fds are CLOEXEC
+        self._restore(own, cg_fd)
+        return pid, pidfd
+
+    def _restore(self, own_pid_ns: int, cg_fd: int) -> None:
+        if own_pid_ns >= 0:
+            self.sys.setns(own_pid_ns, Namespace.PID)
+            os.close(own_pid_ns)
+        if cg_fd >= 0:
+            os.close(cg_fd)
 
     def finish(self) -> int:
         """Release the child; return its pidfd once it has exec'd, or raise StartError."""

@@ -88,6 +88,12 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size", "tls",
+        "set_tid", "set_tid_size", "cgroup")]
+
+
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
@@ -204,6 +210,35 @@ def clone(flags: Namespace) -> int:
         raise OSError(err, f"clone {flags!r}: {errno_mod.errorcode.get(err, err)} "
                            f"({os.strerror(err)})")
     return int(pid)
+
+
+_SYS_CLONE3 = 435
+_CLONE_PIDFD = 0x00001000
+_CLONE_INTO_CGROUP = 0x200000000
+
+
+def clone3(flags: Namespace, cgroup_fd: int = -1) -> tuple[int, int]:
+    """clone3(2) into new namespaces and, if cgroup_fd >= 0, straight into that cgroup.
+
+    Returns (pid, pidfd) in the parent and (0, -1) in the child. Starting the
+    child in its cgroup (CLONE_INTO_CGROUP, Linux 5.7) spares a write to
+    cgroup.procs, whose migration lock is the slowest step of a start.
+    """
+    pidfd = ctypes.c_int(-1)
+    extra = _CLONE_PIDFD | (_CLONE_INTO_CGROUP if cgroup_fd >= 0 else 0)
+    args = _CloneArgs(flags=int(flags) | extra, pidfd=ctypes.addressof(pidfd),
+                      exit_signal=17, cgroup=max(cgroup_fd, 0))
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _pylibc.syscall(_SYS_CLONE3, ctypes.addressof(args), ctypes.sizeof(args), 0, 0, 0)
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0, -1
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3 {flags!r}: {errno_mod.errorcode.get(err, err)} "
+                           f"({os.strerror(err)})")
+    return int(pid), pidfd.value
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> None:

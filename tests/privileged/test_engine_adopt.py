@@ -52,6 +52,10 @@ async def main():
     await run("phoenix", ("sleep", "1000"), restart_policy=RestartPolicy.parse("always"))
     for i in range(int(idle)):
         await run(f"idle{i}", ("sleep", "1000"))
+    # Stop reading before the kill: what the ticker writes from now on waits in
+    # its FIFO. (A kill -9 in the middle of a pump's read can lose that chunk.)
+    await asyncio.sleep(0.2)
+    await m.shutdown()
     print(json.dumps(made), flush=True)
     await asyncio.Event().wait()
 
