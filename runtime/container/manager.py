@@ -162,6 +162,12 @@ class ContainerManager:
             raise InvalidRequest(f"multiple IDs found with provided prefix: {ref}")
         raise NoSuchContainer(ref)
 
+    def volume_users(self, name: str) -> builtins.list[str]:
+        """Ids of containers that mount the named volume (`docker volume rm` refuses then)."""
+        path = str(self.volumes.root / name / "_data")
+        return [c.id for c in self.containers.values()
+                if any(v.source == path for v in c.record.volumes)]
+
     def name_taken(self, name: str, except_id: str = "") -> bool:
         return any(c.record.name == name and c.id != except_id for c in self.containers.values())
 
