@@ -13,6 +13,7 @@ switches namespace, and a socket keeps the namespace it was opened in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import os
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute  # the one place in Berth that imports pyroute2
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netns import setns
 
-from runtime.net.model import (
-    NetError,
-)
+from runtime.net.model import NetError
 
 T = TypeVar("T")
 
@@ -152,6 +154,9 @@ class Netlink:
         self.host_netns = host_netns
         self._lock = threading.Lock()
         self._ipr: IPRoute | None = None
+        # bridge name -> ifindex: saves a lookup per container start; dropped when
+        # a bridge is deleted, refreshed when an attach finds it stale
+        self._bridges: dict[str, int] = {}
 
     # pyroute2's IPRoute is untyped: keep Any from leaking past this class.
     def _host(self) -> Any:
@@ -235,6 +240,7 @@ class Netlink:
     def delete_link(self, name: str) -> bool:
         """Delete a link (a bridge, or a veth and with it its peer); False if absent."""
         with self._lock:
+            self._bridges.pop(name, None)
             ipr = self._host()
             try:
                 idx = self._index(name)
@@ -269,12 +275,16 @@ class Netlink:
             await asyncio.to_thread(self._host)
 
         def work() -> None:
+            # This thread is in the container's namespace: eth0, made next,
+            # inherits "default", so it never gets IPv6 (Berth is IPv4 only).
+            with contextlib.suppress(OSError), open(
+                    "/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
+                f.write("1")
             self._create_veth(bridge, host_ifname, netns, ifname, mac)
             try:
                 with IPRoute() as cipr:
                     idx = cipr.link_lookup(ifname=ifname)[0]
                     cipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
-                    cipr.link("set", index=idx, af_spec=NO_IPV6_LL)
                     cipr.link("set", index=idx, state="up")
                     cipr.link("set", index=LOOPBACK_IFINDEX, state="up")
                     if gateway:
@@ -290,18 +300,42 @@ class Netlink:
         with self._lock:
             ipr = self._ipr
             assert ipr is not None
-            br = self._index(bridge)
-            if br is None:
-                raise NetError(f"bridge {bridge} is missing (restart berthd to reconcile)")
             fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                ipr.link("add", ifname=host_ifname, kind="veth", master=br, state="up",
-                         peer={"ifname": ifname, "net_ns_fd": fd, "address": mac})
-                # Hairpin: a container reaching its own published port through
-                # the host's address gets its packet back out of the same port.
-                ipr.brport("set", index=self._index(host_ifname), mode=1, af_spec=NO_IPV6_LL)
+                try:
+                    self._add_veth(ipr, self._bridge_index(bridge), host_ifname, fd, ifname, mac)
+                except NetlinkError as e:
+                    if e.code != errno.ENODEV:
+                        raise
+                    self._bridges.pop(bridge, None)  # the bridge was re-made: new index
+                    self._add_veth(ipr, self._bridge_index(bridge), host_ifname, fd, ifname, mac)
+                # Hairpin (a container reaching its own published port through the
+                # host's address gets its packet back out of the same port) and no
+                # IPv6 link-local, addressed by name: no index lookup.
+                port = ifinfmsg()
+                port["index"] = 0
+                port["attrs"] = [
+                    ("IFLA_IFNAME", host_ifname), ("IFLA_AF_SPEC", NO_IPV6_LL),
+                    ("IFLA_LINKINFO", {"attrs": [
+                        ("IFLA_INFO_SLAVE_KIND", "bridge"),
+                        ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]})]})]
+                ipr.nlm_request(port, msg_type=RTM_NEWLINK, msg_flags=NLM_F_REQUEST | NLM_F_ACK)
             except NetlinkError as e:
                 self._ignore_missing(host_ifname)
                 raise NetlinkFailed(f"create veth {host_ifname} into {netns}", e) from e
             finally:
                 os.close(fd)
+
+    @staticmethod
+    def _add_veth(ipr: Any, br: int, host_ifname: str, fd: int, ifname: str, mac: str) -> None:
+        ipr.link("add", ifname=host_ifname, kind="veth", master=br, state="up",
+                 peer={"ifname": ifname, "net_ns_fd": fd, "address": mac})
+
+    def _bridge_index(self, bridge: str) -> int:
+        idx = self._bridges.get(bridge)
+        if idx is None:
+            idx = self._index(bridge)
+            if idx is None:
+                raise NetError(f"bridge {bridge} is missing (restart berthd to reconcile)")
+            self._bridges[bridge] = idx
+        return idx
