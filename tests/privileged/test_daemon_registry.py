@@ -1,0 +1,86 @@
+"""Push and pull through berthd's API: `berth push/pull` and the docker CLI's, against a
+real docker-registry running in the test's network namespace."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faultproxy import registry_config
+from tests.privileged.berthd import Berthd, berth_workdir, start_berthd
+from tests.privileged.conftest import NetNS
+from tests.privileged.images import import_busybox
+
+DOCKER = "/usr/local/bin/docker"
+
+
+def start_registry_in(netns: NetNS, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = random.randint(20000, 60000)  # the namespace is fresh: any port is free
+    (work / "registry").mkdir()
+    cfg = work / "registry.yml"
+    cfg.write_text(registry_config(work / "registry", port))
+    log = (work / "registry.log").open("wb")
+    proc = subprocess.Popen(netns.argv("/usr/bin/docker-registry", "serve", str(cfg)),
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 20
+    while netns.run("curl", "-sf", f"http://127.0.0.1:{port}/v2/", check=False).returncode:
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            (work / "registry.log").read_text()
+        time.sleep(0.1)
+    return proc, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def setup(netns: NetNS) -> Iterator[tuple[Berthd, str]]:
+    with berth_workdir() as work:
+        registry, address = start_registry_in(netns, work)
+        try:
+            with start_berthd(netns, work, "--insecure-registry", address) as d:
+                import_busybox(d.berth, work)
+                yield d, address
+        finally:
+            registry.terminate()
+            registry.wait(timeout=20)
+
+
+def test_berth_push_then_pull_and_run(setup: tuple[Berthd, str]) -> None:
+    d, registry = setup
+    ref = f"{registry}/team/bb:1"
+    d.berth("tag", "busybox", ref)
+    pushed = d.berth("push", ref).stdout
+    assert "sha256:" in pushed
+    image_id = d.berth("inspect", "-f", "{{.Id}}", ref).stdout.strip()
+    d.berth("rmi", ref, "busybox")
+    assert d.berth("images", "-q").stdout == ""
+
+    d.berth("pull", ref)
+    assert d.berth("inspect", "-f", "{{.Id}}", ref).stdout.strip() == image_id
+    assert d.berth("run", "--rm", ref, "echo", "pulled").stdout == "pulled\n"
+
+    missing = d.berth("pull", f"{registry}/team/nothere:1", check=False)
+    assert missing.returncode == 1 and "nothere" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_docker_cli_pull_and_push_through_berthd(setup: tuple[Berthd, str]) -> None:
+    d, registry = setup
+    env = {"PATH": "/usr/bin:/bin", "DOCKER_CONFIG": str(d.data_root / "docker-cli")}
+
+    def docker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([DOCKER, "-H", d.host, *args], capture_output=True, text=True,
+                              timeout=120, env=env, stdin=subprocess.DEVNULL)
+
+    ref = f"{registry}/docker/bb:2"
+    assert docker("tag", "busybox", ref).returncode == 0
+    push = docker("push", ref)
+    assert push.returncode == 0, push.stderr
+    assert docker("rmi", ref).returncode == 0
+    pull = docker("pull", ref)
+    assert pull.returncode == 0, pull.stderr
+    assert ref in docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout
