@@ -106,7 +106,7 @@ async def delete(request: web.Request) -> web.StreamResponse:
         if force:
             return web.Response(status=204)
         raise
-    holders = users(mgr).get(str(info.mountpoint), [])
+    holders = mgr.volume_users(info.name)
     if holders:
         raise VolumeInUse(f"remove {name}: volume is in use - [{', '.join(holders)}]")
     mgr.volumes.remove(name, force=force)
