@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -34,7 +36,7 @@ from runtime.run import run
 from runtime.store.archive import import_rootfs
 from runtime.store.images import ImageStore
 from runtime.sys import Namespace
-from runtime.sys.libc import LibcSys
+from runtime.sys.libc import LibcSys, set_child_subreaper
 
 DESCRIPTION = "density: N idle containers, MemAvailable per container vs crun run -d, RSS"
 IMAGE = "busybox:bench"
@@ -124,10 +126,14 @@ def crun_side(tmp: Path, n: int, rootfs_tar: Path) -> dict[str, float]:
     started = time.perf_counter() - t0
     settle()
     mem1 = meminfo()
+    listing = json.loads(run(["crun", "--root", str(state), "list", "-f", "json"]).stdout or "[]")
+    pids = [int(c["pid"]) for c in listing if c.get("pid")]
     cleanup = (f"{hide} && for i in $(seq 1 {n}); do "
-               f"crun --root {state} kill {prefix}$i KILL; done; sleep 1; "
-               f"for i in $(seq 1 {n}); do crun --root {state} delete -f {prefix}$i; done")
+               f"crun --root {state} delete -f {prefix}$i; done")
     run(["unshare", "-m", "sh", "-c", cleanup], check=False)
+    for pid in pids:  # whatever crun did not stop, by PID
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     return {"per_container": (mem0 - mem1) / n, "start_all": started}
 
 
@@ -149,6 +155,7 @@ def main(args: argparse.Namespace) -> int:
         sys.setns(target, Namespace.NET)
         print(f"berth: starting {n} idle containers", flush=True)
         b = asyncio.run(berth_side(tmp, n, images))
+        set_child_subreaper(False)  # crun's detached containers must not become ours
         c = None if args.no_crun else crun_side(tmp, n, tar)
     finally:
         sys.setns(own, Namespace.NET)
