@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.privileged.berthd import BERTH, ROOT, Berthd, berth_workdir, read_until, start_berthd
+from tests.privileged.berthd import (
+    BERTH,
+    ROOT,
+    Berthd,
+    UnixHTTPConnection,
+    berth_workdir,
+    read_until,
+    start_berthd,
+)
 from tests.privileged.conftest import NetNS
 from tests.privileged.images import import_busybox
 
@@ -218,3 +226,57 @@ def test_info_df_prune(daemon: Berthd) -> None:
     pruned = daemon.berth("container", "prune", "-f").stdout
     assert "Deleted Containers:" in pruned
     assert daemon.berth("ps", "-aq").stdout == ""
+
+
+def test_run_flags_reach_the_container(daemon: Berthd) -> None:
+    r = daemon.berth("run", "--rm", "-u", "1000:1000", "-h", "myhost", "--read-only",
+                     "--network", "none", "busybox", "sh", "-c",
+                     "id -u; id -g; hostname; cat /proc/net/dev | tail -n +3 | cut -d: -f1; "
+                     "touch /x 2>/dev/null || echo read-only", check=False)
+    assert r.stdout.split() == ["1000", "1000", "myhost", "lo", "read-only"], r.stderr
+
+    daemon.berth("create", "--name", "limited", "-m", "64m", "--cpus", "0.5",
+                 "--pids-limit", "20", "--restart", "unless-stopped", "busybox", "true")
+    hc = json.loads(daemon.berth("inspect", "-f", "{{json .HostConfig}}", "limited").stdout)
+    assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"]) == (64 << 20, 500_000_000, 20)
+    assert hc["RestartPolicy"] == {"Name": "unless-stopped", "MaximumRetryCount": 0}
+    daemon.berth("rm", "limited")
+
+
+def test_restart_policy_and_restart_verb(daemon: Berthd) -> None:
+    daemon.berth("run", "-d", "--name", "flaky", "--restart", "on-failure:2", "busybox",
+                 "sh", "-c", "exit 1")
+    wait_until(lambda: daemon.berth("inspect", "-f", "{{.RestartCount}} {{.State.Status}}",
+                                    "flaky").stdout == "2 exited\n", timeout=60)
+    assert daemon.berth("inspect", "-f", "{{.State.ExitCode}}", "flaky").stdout == "1\n"
+
+    daemon.berth("run", "-d", "--name", "svc", "busybox", "sleep", "300")
+    pid = daemon.berth("inspect", "-f", "{{.State.Pid}}", "svc").stdout
+    daemon.berth("restart", "-t", "1", "svc")
+    assert daemon.berth("inspect", "-f", "{{.State.Running}}", "svc").stdout == "true\n"
+    assert daemon.berth("inspect", "-f", "{{.State.Pid}}", "svc").stdout != pid
+
+
+def test_stats_stream_through_the_api(daemon: Berthd) -> None:
+    cid = daemon.berth("run", "-d", "busybox", "sleep", "300").stdout.strip()
+    conn = UnixHTTPConnection(daemon.socket)
+    conn.request("GET", f"/v1.47/containers/{cid}/stats?stream=1")
+    resp = conn.getresponse()
+    first, second = json.loads(resp.readline()), json.loads(resp.readline())
+    conn.close()
+    assert first["id"] == cid and first["pids_stats"]["current"] == 1
+    # Each sample carries the previous one: what `docker stats` turns into CPU %.
+    assert second["precpu_stats"]["system_cpu_usage"] == first["cpu_stats"]["system_cpu_usage"]
+    assert second["read"] > first["read"]
+
+
+def test_volume_prune_keeps_named_and_used(daemon: Berthd) -> None:
+    daemon.berth("volume", "create", "named")
+    daemon.berth("run", "--name", "anon-user", "-v", "/scratch", "busybox", "true")
+    anon = json.loads(daemon.berth("inspect", "-f", "{{json .Mounts}}", "anon-user").stdout)
+    anon_name = anon[0]["Name"]
+    assert daemon.berth("volume", "prune", "-f").stdout.startswith("Total reclaimed")
+    daemon.berth("rm", "anon-user")
+    pruned = daemon.berth("volume", "prune", "-f").stdout
+    assert anon_name in pruned
+    assert daemon.berth("volume", "ls", "-q").stdout.split() == ["named"]
