@@ -280,3 +280,21 @@ def test_volume_prune_keeps_named_and_used(daemon: Berthd) -> None:
     pruned = daemon.berth("volume", "prune", "-f").stdout
     assert anon_name in pruned
     assert daemon.berth("volume", "ls", "-q").stdout.split() == ["named"]
+
+
+def test_run_publish_random_port_and_port_verb(daemon: Berthd, netns: NetNS) -> None:
+    # The 2014 demo: `run -d -p 80` gets a random high host port.
+    daemon.berth("run", "-d", "--name", "www", "-p", "80", "busybox", "sh", "-c",
+                 "mkdir -p /www && echo served > /www/index.html && exec httpd -f -p 80 -h /www")
+    line = daemon.berth("port", "www").stdout.strip()
+    assert line.startswith("80/tcp -> 0.0.0.0:"), line
+    host_port = int(line.rsplit(":", 1)[1])
+    assert 32768 <= host_port <= 60999
+    assert f":{host_port}->80/tcp" in daemon.berth("ps").stdout
+    deadline = time.monotonic() + 20
+    while True:
+        r = netns.run("curl", "-sf", f"http://127.0.0.1:{host_port}/", check=False)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.stdout == "served\n"
