@@ -298,3 +298,13 @@ def test_run_publish_random_port_and_port_verb(daemon: Berthd, netns: NetNS) -> 
             break
         time.sleep(0.1)
     assert r.stdout == "served\n"
+
+
+def test_links_between_containers(daemon: Berthd) -> None:
+    daemon.berth("run", "-d", "--name", "db", "-e", "SECRET=s3", "busybox", "sleep", "300")
+    db_ip = daemon.berth("inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db").stdout.strip()
+    assert db_ip
+    r = daemon.berth("run", "--rm", "--link", "db:database", "busybox", "sh", "-c",
+                     "grep -w database /etc/hosts; ping -c 1 -W 5 database >/dev/null && "
+                     "echo reachable")
+    assert r.stdout.split()[0] == db_ip and r.stdout.strip().endswith("reachable")
