@@ -81,19 +81,21 @@ async def berth_side(tmp: Path, n: int, images: ImageStore) -> dict[str, float]:
     settle()
     mem0, rss0 = meminfo(), rss()
     t0 = time.perf_counter()
-    for i in range(n):
-        rec = await m.create(CreateRequest(image=IMAGE, cmd=("sleep", "1000000")))
-        await m.start(rec.id)
-        if (i + 1) % 100 == 0:
-            print(f"  berth: {i + 1}/{n} started", flush=True)
-    started = time.perf_counter() - t0
-    settle()
-    mem1, rss1 = meminfo(), rss()
-    t0 = time.perf_counter()
-    for cid in list(m.containers):
-        await m.remove(cid, force=True)
-    removed = time.perf_counter() - t0
-    await m.shutdown()
+    try:
+        for i in range(n):
+            rec = await m.create(CreateRequest(image=IMAGE, cmd=("sleep", "1000000")))
+            await m.start(rec.id)
+            if (i + 1) % 100 == 0:
+                print(f"  berth: {i + 1}/{n} started", flush=True)
+        started = time.perf_counter() - t0
+        settle()
+        mem1, rss1 = meminfo(), rss()
+    finally:
+        t0 = time.perf_counter()
+        for cid in list(m.containers):
+            await m.remove(cid, force=True)
+        removed = time.perf_counter() - t0
+        await m.shutdown()
     shutil.rmtree(exec_root, ignore_errors=True)
     cg_root.rmdir()
     return {"per_container": (mem0 - mem1) / n, "start_all": started, "remove_all": removed,

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -218,6 +219,11 @@ class ContainerManager:
 
         with contextlib.suppress(OSError):
             set_child_subreaper()
+        # Three fds per container (pidfd, two FIFO ends): lift the soft limit to the hard one.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.hierarchy.setup()
         await adopt_mod.adopt_all(self)
 

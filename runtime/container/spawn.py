@@ -62,9 +62,10 @@ def write_id_maps(pid: int, idmap: IdMap) -> None:
 
 def _read_all(fd: int, timeout: float, what: str) -> bytes:
     out = b""
+    poller = select.poll()  # not select(): a daemon with 1,000 containers has fds > 1024
+    poller.register(fd, select.POLLIN)
     while True:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
+        if not poller.poll(timeout * 1000):
             raise StartError(f"{what}: container init did not answer within {timeout:.0f}s")
         chunk = os.read(fd, 4096)
         if not chunk:
