@@ -18,7 +18,7 @@ from runtime.api import (
     versions,
     volumes,
 )
-from runtime.api.backend import BACKEND, Backend
+from runtime.api.backend import BACKEND, STREAMS, Backend, cancel_streams
 from runtime.api.errors import Handler, error_middleware, error_response
 from runtime.api.routes import RouteTable
 
@@ -52,10 +52,11 @@ def make_app(backend: Backend) -> web.Application:
     app = web.Application(middlewares=[version_middleware, error_middleware],
                           client_max_size=0)
     app[BACKEND] = backend
+    app[STREAMS] = set()
+    app.on_shutdown.append(cancel_streams)
     table = RouteTable()
     for router in ROUTERS:
         router.add_routes(table)
     table.mount(app)
-    # aiosignal's newer generic Signal does not fit aiohttp 3.11's annotation.
-    app.on_response_prepare.append(_docker_headers)  # type: ignore[arg-type]
+    app.on_response_prepare.append(_docker_headers)
     return app

@@ -8,9 +8,13 @@ is missing answers 501 with a clear message.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import platform
 import socket
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,42 @@ class Backend:
 
 
 BACKEND: web.AppKey[Backend] = web.AppKey("berth.backend", Backend)
+# Handlers that stream until the client leaves (events, logs -f, attach, exec, wait):
+# cancelled at shutdown, so that berthd stops at once instead of waiting for them.
+STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("berth.streams")
+
+
+@contextlib.contextmanager
+def long_lived(request: web.Request) -> Iterator[None]:
+    """Mark the running handler as a stream that shutdown may cancel."""
+    task = asyncio.current_task()
+    streams = request.app[STREAMS]
+    if task is not None:
+        streams.add(task)
+    try:
+        yield
+    finally:
+        if task is not None:
+            streams.discard(task)
+
+
+def streaming(
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Decorate a handler that streams until the client or the daemon goes."""
+
+    @functools.wraps(handler)
+    async def run(request: web.Request) -> web.StreamResponse:
+        with long_lived(request):
+            return await handler(request)
+
+    return run
+
+
+async def cancel_streams(app: web.Application) -> None:
+    streams: set[asyncio.Task[Any]] = app[STREAMS]
+    for task in list(streams):
+        task.cancel()
 
 
 def backend(request: web.Request) -> Backend:

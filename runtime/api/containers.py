@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from runtime.api import container_views as views
-from runtime.api.backend import backend
+from runtime.api.backend import backend, streaming
 from runtime.api.errors import BadRequest
 from runtime.api.filters import query_bool, query_int, request_filters
 from runtime.api.routes import RouteTable
@@ -99,6 +99,7 @@ async def unpause(request: web.Request) -> web.StreamResponse:
     return no_content()
 
 
+@streaming
 async def wait(request: web.Request) -> web.StreamResponse:
     """Headers go out at once (a client may wait on them before `start`), the body at exit."""
     mgr = manager(request)
@@ -144,6 +145,7 @@ async def top(request: web.Request) -> web.StreamResponse:
                               "Processes": [list(p) for p in result.processes]})
 
 
+@streaming
 async def stats(request: web.Request) -> web.StreamResponse:
     mgr = manager(request)
     stream = query_bool(request, "stream", default=True)

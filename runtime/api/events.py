@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from runtime.api.backend import backend
+from runtime.api.backend import backend, streaming
 from runtime.api.errors import BadRequest
 from runtime.api.filters import Filters, request_filters
 from runtime.api.routes import RouteTable
@@ -58,6 +58,7 @@ def event_matcher(f: Filters) -> Callable[[Event], bool]:
     return matches
 
 
+@streaming
 async def events(request: web.Request) -> web.StreamResponse:
     bus: EventBus = backend(request).need("events")
     since = parse_timestamp(request.query.get("since"))

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.api.backend import streaming
 from runtime.api.containers import json_body, manager
 from runtime.api.errors import BadRequest, Conflict
 from runtime.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, hijack
@@ -41,6 +42,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     return web.json_response({"Id": exec_id}, status=201)
 
 
+@streaming
 async def start(request: web.Request) -> web.StreamResponse:
     mgr = manager(request)
     exec_id = request.match_info["id"]

@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from runtime.api.backend import backend
+from runtime.api.backend import backend, streaming
 from runtime.api.containers import manager, ref
 from runtime.api.errors import BadRequest
 from runtime.api.filters import query_bool, query_int
@@ -67,6 +67,7 @@ def log_options(request: web.Request) -> LogOptions:
                       timestamps=query_bool(request, "timestamps"))
 
 
+@streaming
 async def logs(request: web.Request) -> web.StreamResponse:
     mgr = manager(request)
     rec = mgr.inspect(ref(request))
@@ -217,6 +218,7 @@ async def _discard(conn: Hijacked) -> None:
         pass
 
 
+@streaming
 async def attach(request: web.Request) -> web.StreamResponse:
     mgr = manager(request)
     bus: EventBus = backend(request).need("events")

@@ -60,6 +60,21 @@ def format_command(command: str, no_trunc: bool) -> str:
     return f'"{command}"'
 
 
+def ps_fields(c: dict[str, Any], no_trunc: bool) -> dict[str, Any]:
+    """The names `docker ps --format` templates use, over one /containers/json entry."""
+    labels = c.get("Labels") or {}
+    return {**c,
+            "ID": c["Id"] if no_trunc else c["Id"][:12],
+            "Command": format_command(c.get("Command", ""), no_trunc),
+            "CreatedAt": str(c.get("Created", "")), "RunningFor": ago(c.get("Created", 0)),
+            "Ports": format_ports(c.get("Ports", [])),
+            "Names": ",".join(n.lstrip("/") for n in c.get("Names", [])),
+            "Labels": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+            "Networks": ",".join((c.get("NetworkSettings") or {}).get("Networks") or {}),
+            "Mounts": ",".join(m.get("Name") or m.get("Source", "")
+                               for m in c.get("Mounts") or [])}
+
+
 def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
     params: dict[str, Any] = {"all": args.all or args.latest or bool(args.last),
                               "filters": parse_filters(args.filter), "size": args.size}
@@ -74,7 +89,7 @@ def cmd_ps(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     if args.format:
         for c in rows:
-            out(render(args.format, c))
+            out(render(args.format, ps_fields(c, args.no_trunc)))
         return 0
     out(table(
         ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],

@@ -14,6 +14,7 @@ import signal
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 from runtime import __version__, tls
@@ -189,3 +190,19 @@ def test_systemd_socket_activation(netns: NetNS, tmp_path: Path) -> None:
         assert not (tmp_path / "exec" / "berthd.sock").exists()
     finally:
         stop(proc)
+
+
+def test_sigterm_ends_open_streams(netns: NetNS, tmp_path: Path) -> None:
+    with start_berthd(netns, tmp_path) as d:
+        follower = subprocess.Popen([*BERTH, "-H", d.host, "events"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while "GET /v1.47/events" not in d.log_text():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert stop(d.proc, signal.SIGTERM, timeout=20) == 0
+            # The stream was ended by the daemon, not left hanging.
+            assert follower.wait(timeout=20) == 0
+        finally:
+            follower.kill()

@@ -189,3 +189,17 @@ def test_sign_verbs_load_only_when_asked() -> None:
     assert wants_sign_verbs(["--help"])
     assert not wants_sign_verbs(["-H", "login", "run", "busybox"])  # "login" is -H's value
     assert not wants_sign_verbs(["run", "--rm", "busybox", "sign"])
+
+
+def test_ps_format_uses_dockers_field_names() -> None:
+    from runtime.cli.containers import ps_fields
+
+    entry = {"Id": "a" * 64, "Names": ["/web"], "Image": "busybox", "Command": "sleep 9",
+             "Created": 0, "State": "running", "Status": "Up 1 second",
+             "Ports": [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 32768,
+                        "Type": "tcp"}], "Labels": {"b": "2", "a": "1"}}
+    fields = ps_fields(entry, no_trunc=False)
+    assert render("{{.ID}} {{.Names}} {{.State}} {{.Labels}}", fields) == \
+        "aaaaaaaaaaaa web running a=1,b=2"
+    assert render("{{.Ports}} {{.Command}}", fields) == \
+        '0.0.0.0:32768->80/tcp "sleep 9"'
