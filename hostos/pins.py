@@ -25,6 +25,9 @@ DEBIAN_PACKAGE = {
     "attrs": "python3-attr",
     "markdown-it-py": "python3-markdown-it",
     "pyyaml": "python3-yaml",
+    "pynacl": "python3-nacl",
+    # Debian ships the cffi runtime part as its own package.
+    "cffi": "python3-cffi-backend",
 }
 
 _PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)")
