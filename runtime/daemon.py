@@ -36,6 +36,8 @@ log = logging.getLogger("berth.daemon")
 
 DEFAULT_DATA_ROOT = Path("/var/lib/berth")
 DEFAULT_EXEC_ROOT = Path("/run/berth")
+DEFAULT_CONTAINERS_DIR = Path("/etc/berth/containers.d")
+DEFAULT_HOOKS_DIR = Path("/etc/berth/hooks.d")
 # Long-lived streams (events, logs -f) get this long to finish on shutdown.
 SHUTDOWN_GRACE_SECONDS = 2.0
 
@@ -66,6 +68,7 @@ class DaemonConfig:
     log_driver: str = "auto"
     insecure_registries: tuple[str, ...] = ()
     containers_dir: Path | None = None     # declarative containers (containers.d)
+    hooks_dir: Path | None = None          # event hooks (hooks.d)
     policy: Path = Path("/etc/berth/policy.json")
     cgroup_parent: Path | None = None      # None: the delegated subtree, else the engine's
 
@@ -108,10 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cgroup-parent", type=Path, default=None,
                    help="cgroup v2 directory for containers' cgroups (default: the subtree "
                         "systemd delegated to berthd.service, else <cgroup2 mount>/berth)")
-    p.add_argument("--containers-dir", type=Path, default=None,
-                   help="watch this directory of declarative containers (*.toml), e.g. "
-                        "/etc/berth/containers.d")
+    p.add_argument("--containers-dir", default=None, metavar="DIR",
+                   help="watch DIR for declarative containers (*.toml); default "
+                        f"{DEFAULT_CONTAINERS_DIR} for the system daemon (default data "
+                        "root), none otherwise; '' turns it off")
+    p.add_argument("--hooks-dir", default=None, metavar="DIR",
+                   help="run the executables in DIR on matching events (TYPE.ACTION[.x]); "
+                        f"default {DEFAULT_HOOKS_DIR} for the system daemon, none otherwise")
     return p
+
+
+def system_dir(flag: str | None, data_root: Path, default: Path) -> Path | None:
+    """A host-wide /etc directory is the system daemon's alone: a daemon with its own
+    data root (a test, a second daemon) only watches one if told to."""
+    if flag is not None:
+        return Path(flag) if flag else None
+    return default if data_root == DEFAULT_DATA_ROOT else None
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> DaemonConfig:
@@ -125,7 +140,11 @@ def config_from_args(argv: Sequence[str] | None = None) -> DaemonConfig:
                           bridge=args.bridge, userns=args.userns == "default",
                           log_driver=args.log_driver,
                           insecure_registries=tuple(args.insecure_registry),
-                          containers_dir=args.containers_dir, policy=args.policy,
+                          containers_dir=system_dir(args.containers_dir, args.data_root,
+                                                    DEFAULT_CONTAINERS_DIR),
+                          hooks_dir=system_dir(args.hooks_dir, args.data_root,
+                                               DEFAULT_HOOKS_DIR),
+                          policy=args.policy,
                           cgroup_parent=args.cgroup_parent)
     if tls is None and not config.insecure_tcp and any(h.scheme is Scheme.TCP for h in hosts):
         raise ListenError("tcp:// listeners need mutual TLS: give --tlscacert, --tlscert and "
@@ -352,6 +371,11 @@ async def start_services(config: DaemonConfig, backend: Backend) -> Services:
 
         reconciler = Reconciler(mgr, config.containers_dir)
         services.tasks.append(asyncio.create_task(reconciler.watch()))
+    if config.hooks_dir is not None:
+        from runtime.api.hooks import run_hooks
+
+        services.tasks.append(asyncio.create_task(run_hooks(backend.events,
+                                                            config.hooks_dir)))
     return services
 
 

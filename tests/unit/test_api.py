@@ -141,3 +141,16 @@ def test_containers_go_to_the_subtree_systemd_delegated() -> None:
     assert delegated_cgroup_root(under_unit, under_systemd=False) is None
     assert delegated_cgroup_root("0::/user.slice/session-1.scope\n", True) is None
     assert delegated_cgroup_root("12:pids:/\n0::/\n", True) is None
+
+
+def test_hook_names_select_events() -> None:
+    from runtime.api.hooks import hook_env, hook_matches
+
+    die = Event("container", "die", "c1", {"name": "web", "exitCode": "3"})
+    exec_start = Event("container", "exec_start: sh -c ls", "c1")
+    assert hook_matches("container.die.page", die)
+    assert hook_matches("container.any.log", die) and hook_matches("any.any", die)
+    assert not hook_matches("container.start", die) and not hook_matches("image.die", die)
+    assert hook_matches("container.exec_start.audit", exec_start)
+    assert not hook_matches("README", die)
+    assert hook_env(die)["BERTH_EVENT_EXIT_CODE"] == "3"
