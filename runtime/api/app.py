@@ -7,6 +7,7 @@ import logging
 from aiohttp import web
 
 from runtime.api import (
+    build,
     containers,
     events,
     exec,
@@ -24,7 +25,8 @@ from runtime.api.routes import RouteTable
 
 log = logging.getLogger("berth.api")
 
-ROUTERS = (system, events, images, containers, streams, exec, volumes, networks, update)
+ROUTERS = (system, events, images, containers, streams, exec, volumes, networks, update,
+           build)
 
 
 @web.middleware

@@ -1,0 +1,124 @@
+"""`berth build`: send a context directory to berthd's builder; `berth image provenance`.
+
+The context goes as a tar (berthd applies `.dockerignore`, as Docker's
+builder does with what the CLI sent); a Dockerfile outside the context is
+added to the tar under a private name, like the docker CLI does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from runtime.cli.common import Context, UsageError, add_verb, out, parse_key_values, print_json
+from runtime.client import DaemonError, quote_id
+
+
+def context_tar(context: Path, dockerfile: Path | None) -> tuple[IO[bytes], str]:
+    """The context as a tar in a temporary file, and the Dockerfile's name in it."""
+    if not context.is_dir():
+        raise UsageError(f"unable to prepare context: path {str(context)!r} not found")
+    name = "Dockerfile"
+    extra: Path | None = None
+    if dockerfile is not None:
+        full = dockerfile if dockerfile.is_absolute() else Path.cwd() / dockerfile
+        try:
+            name = str(full.resolve().relative_to(context.resolve()))
+        except ValueError:
+            name, extra = f".dockerfile.{secrets.token_hex(6)}", full
+        if not full.is_file():
+            raise UsageError(f"Cannot locate specified Dockerfile: {dockerfile}")
+    elif not (context / name).is_file():
+        raise UsageError(f"Cannot locate specified Dockerfile: {context / name}")
+    spool = tempfile.TemporaryFile()
+    with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in sorted(os.listdir(context)):
+            tar.add(context / entry, arcname=entry, filter=_portable)
+        if extra is not None:
+            tar.add(extra, arcname=name, filter=_portable)
+    spool.seek(0)
+    return spool, name
+
+
+def _portable(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # Owners on the client mean nothing to the image (Docker sends 0/0 too).
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def cmd_build(args: argparse.Namespace, ctx: Context) -> int:
+    body, dockerfile = context_tar(Path(args.path), Path(args.file) if args.file else None)
+    params: dict[str, Any] = {
+        "t": list(args.tag), "dockerfile": dockerfile, "q": args.quiet,
+        "nocache": args.no_cache, "target": args.target or None,
+        "networkmode": args.network or None,
+        "buildargs": json.dumps(_build_args(args.build_arg)) if args.build_arg else None,
+        "labels": json.dumps(parse_key_values(args.label, "label")) if args.label else None,
+    }
+    image_id = ""
+    with body:
+        response = ctx.client.call("POST", "/build", params, body=body,
+                                   headers={"Content-Type": "application/x-tar"})
+        for doc in response.json_lines():
+            if not isinstance(doc, dict):
+                continue
+            if doc.get("error") or doc.get("errorDetail"):
+                detail = doc.get("errorDetail") or {}
+                raise DaemonError(500, str(detail.get("message") or doc.get("error")))
+            if isinstance(doc.get("aux"), dict) and doc["aux"].get("ID"):
+                image_id = str(doc["aux"]["ID"])
+            text = doc.get("stream")
+            if text:
+                print(text, end="", flush=True)
+    if args.iidfile and image_id:
+        Path(args.iidfile).write_text(image_id)
+    return 0
+
+
+def _build_args(items: list[str]) -> dict[str, str | None]:
+    out_args: dict[str, str | None] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        # `--build-arg NAME` takes NAME from this shell, as the docker CLI does.
+        out_args[key] = value if sep else os.environ.get(key)
+    return out_args
+
+
+def cmd_provenance(args: argparse.Namespace, ctx: Context) -> int:
+    doc = ctx.client.get(f"/images/{quote_id(args.image)}/provenance")
+    if args.format == "json":
+        out(json.dumps(doc))
+    else:
+        print_json(doc)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = add_verb(sub, "build", cmd_build, "Build an image from a Dockerfile (one layer per "
+                 "instruction, cached)")
+    p.add_argument("-t", "--tag", action="append", default=[], help="name[:tag]; repeatable")
+    p.add_argument("-f", "--file", help="the Dockerfile (default PATH/Dockerfile)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a build argument; repeatable")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="an image label; repeatable")
+    p.add_argument("--target", help="build up to this stage")
+    p.add_argument("--no-cache", action="store_true", help="do not use the layer cache")
+    p.add_argument("--network", choices=("none", "host"), help="RUN steps' network")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    p.add_argument("--iidfile", help="write the image id to this file")
+    p.add_argument("path", metavar="PATH", help="the build context directory")
+
+
+def register_image_verbs(sub: Any) -> None:
+    p = add_verb(sub, "provenance", cmd_provenance,
+                 "Show how an image was built (repo, commit, Dockerfile, base images)")
+    p.add_argument("--format", choices=("json",), help="one line of JSON")
+    p.add_argument("image", metavar="IMAGE")
