@@ -34,7 +34,7 @@ class IgnoreRule:
     regex: re.Pattern[str]
 
 
-def _translate(pattern: str) -> re.Pattern[str]:
+def glob_regex(pattern: str) -> re.Pattern[str]:
     """A Go filepath.Match pattern (with Docker's `**`) as a regex over clean paths."""
     out, i = [], 0
     while i < len(pattern):
@@ -81,7 +81,7 @@ def parse_dockerignore(text: str) -> tuple[IgnoreRule, ...]:
         cleaned = posixpath.normpath(line.strip("/") or ".") if line.strip("/") else "."
         if cleaned == ".":
             continue  # Docker ignores a pattern of "." or "/"
-        rules.append(IgnoreRule(cleaned, exclude, _translate(cleaned)))
+        rules.append(IgnoreRule(cleaned, exclude, glob_regex(cleaned)))
     return tuple(rules)
 
 

@@ -18,7 +18,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.build.context import walk
+from runtime.build.context import glob_regex, walk
 from runtime.build.view import LayerView
 from runtime.container.user import UserError, resolve
 
@@ -49,13 +49,16 @@ def context_sources(root: Path, patterns: list[str], what: str) -> list[Source]:
                             f"no network; download the file into the build context instead")
         rel = _clean_rel(pat)
         if any(c in rel for c in GLOB_CHARS):
-            found = [r for r, _ in walk(root) if fnmatch.fnmatchcase(r, rel)]
+            regex = glob_regex(rel)
+            found = [r for r, _ in walk(root) if regex.match(r)]
             if not found:
                 raise CopyError(f"{what} failed: no source files were specified matching "
                                 f"{pat!r} in the build context")
             out += [Source(r, root / r) for r in found]
             continue
         path = root / rel if rel != "." else root
+        if not path.parent.resolve().is_relative_to(root.resolve()):
+            raise CopyError(f"{what} failed: {pat}: a symlink leads outside the build context")
         if not (path.exists() or path.is_symlink()):
             raise CopyError(f"{what} failed: file not found in build context or excluded by "
                             f".dockerignore: stat {pat}: file does not exist")

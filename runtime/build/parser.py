@@ -210,6 +210,8 @@ def _instructions(lines: list[str], file: str, escape: str) -> list[Instruction]
 def _split_flags(keyword: Keyword, rest: str, line: int,
                  file: str) -> tuple[tuple[tuple[str, str | None], ...], str]:
     flags: list[tuple[str, str | None]] = []
+    if keyword not in FLAGS:
+        return (), rest  # CMD --serve: an argument, not a flag
     while rest.startswith("--"):
         word, _, tail = rest.partition(" ")
         m = _FLAG_RE.match(word)
