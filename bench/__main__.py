@@ -17,6 +17,7 @@ BENCHMARKS: list[str] = [
     "bench.api_start",
     "bench.boot",
     "bench.density",
+    "bench.start",
     "bench.fleet",
     "bench.net",
     "bench.registry",
