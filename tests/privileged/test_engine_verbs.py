@@ -1,0 +1,130 @@
+"""More verbs end to end: events, --rm, restart, rename, -t, stats, wait conditions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.container.errors import Conflict, NoSuchContainer, StartError
+from runtime.container.manager import ContainerManager
+from runtime.container.spec import CreateRequest
+from runtime.container.state import Status, WaitCondition
+from runtime.events import EventBus
+from tests.privileged.conftest import NetNS
+from tests.privileged.engine_env import IMAGE, EngineEnv, engine_env, leaks, output
+
+
+@pytest.fixture
+def env(netns: NetNS, tmp_path: Path) -> Iterator[EngineEnv]:
+    with engine_env(netns, tmp_path) as e:
+        yield e
+
+
+def drive(env: EngineEnv, scenario: object, bus: EventBus | None = None) -> None:
+    async def main() -> None:
+        m = env.manager(events=bus)
+        await m.adopt()
+        try:
+            await scenario(m)  # type: ignore[operator]
+        finally:
+            for cid in list(m.containers):
+                await m.remove(cid, force=True)
+            await m.shutdown()
+
+    asyncio.run(main())
+
+
+def test_events_of_a_run_in_dockers_order(env: EngineEnv) -> None:
+    bus = EventBus()
+
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(image=IMAGE, cmd=("sh", "-c", "exit 5"), name="ev"))
+        await m.start(rec.id)
+        await m.wait(rec.id)
+        await m.remove(rec.id)
+        evs = [e for e in bus.history() if e.actor_id == rec.id]
+        assert [e.action for e in evs] == ["create", "start", "die", "destroy"]
+        die = evs[2].to_docker()
+        assert die["Actor"]["Attributes"]["exitCode"] == "5"
+        assert die["Actor"]["Attributes"]["name"] == "ev"
+        assert die["Actor"]["Attributes"]["image"] == IMAGE
+
+    drive(env, scenario, bus)
+
+
+def test_auto_remove_restart_rename_and_wait_removed(env: EngineEnv) -> None:
+    async def scenario(m: ContainerManager) -> None:
+        rm = await m.create(CreateRequest(image=IMAGE, cmd=("true",), auto_remove=True))
+        waiter = asyncio.create_task(m.wait(rm.id, WaitCondition.REMOVED))
+        await m.start(rm.id)
+        await asyncio.wait_for(waiter, 10)
+        with pytest.raises(NoSuchContainer):
+            m.inspect(rm.id)
+        rec = await m.create(CreateRequest(image=IMAGE, cmd=("sleep", "1000"), name="a1"))
+        await m.start(rec.id)
+        pid = m.inspect(rec.id).state.pid
+        await m.restart(rec.id, timeout=0)
+        st = m.inspect(rec.id).state
+        assert st.status is Status.RUNNING and st.pid != pid
+        await m.rename("a1", "b1")
+        assert m.inspect("b1").id == rec.id
+        other = await m.create(CreateRequest(image=IMAGE, cmd=("true",), name="c1"))
+        with pytest.raises(Conflict):
+            await m.rename(other.id, "b1")
+        with pytest.raises(Conflict, match="already in use"):
+            await m.create(CreateRequest(image=IMAGE, cmd=("true",), name="b1"))
+        with pytest.raises(Conflict, match="Stop the container"):
+            await m.remove(rec.id)
+
+    drive(env, scenario)
+    assert leaks(env) == []
+
+
+def test_tty_container_gets_a_terminal_and_attach_sees_its_output(env: EngineEnv) -> None:
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(
+            image=IMAGE, tty=True,
+            cmd=("sh", "-c", "[ -t 1 ] && echo isatty; read line; echo got:$line")))
+        await m.start(rec.id)
+        att = m.attach(rec.id)
+        assert att.pty_fd is not None and att.output is not None
+        import os
+
+        os.write(att.pty_fd, b"hello\n")
+        await asyncio.wait_for(m.wait(rec.id), 10)
+        seen = b""
+        while not att.output.empty():
+            seen += att.output.get_nowait()
+        assert b"isatty" in seen and b"got:hello" in seen
+        assert "got:hello" in await output(m, rec.id)
+
+    drive(env, scenario)
+
+
+def test_stats_count_the_containers_processes(env: EngineEnv) -> None:
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(image=IMAGE, cmd=(
+            "sh", "-c", "sleep 1000 & sleep 1000 & i=0; while [ $i -lt 20000 ]; do "
+            "i=$((i+1)); done; wait")))
+        await m.start(rec.id)
+        await asyncio.sleep(0.5)
+        st = m.stats(rec.id)
+        assert st.pids_current == 3
+        assert st.cpu_usage_usec > 0
+        info = m.info()
+        assert info.running == 1 and info.cgroup_root == env.cgroup_root
+
+    drive(env, scenario)
+
+
+def test_unknown_user_fails_the_start_with_dockers_message(env: EngineEnv) -> None:
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(image=IMAGE, cmd=("true",), user="ghost"))
+        with pytest.raises(StartError, match="unable to find user ghost"):
+            await m.start(rec.id)
+        assert leaks(env) == []
+
+    drive(env, scenario)
