@@ -1,8 +1,13 @@
-"""`berth build`: send a context directory to berthd's builder; `berth image provenance`.
+"""`berth build`, and the trusted-build verbs around it: `attest`, `inspect --provenance`.
 
-The context goes as a tar (berthd applies `.dockerignore`, as Docker's
-builder does with what the CLI sent); a Dockerfile outside the context is
-added to the tar under a private name, like the docker CLI does.
+`build` sends the context as a tar (berthd applies `.dockerignore`, as
+Docker's builder does with what the CLI sent); a Dockerfile outside the
+context is added to the tar under a private name, like the docker CLI does.
+berthd records each build's provenance (source repo, commit, Dockerfile
+digest, base images). `attest` signs that record as a SLSA statement and
+pushes it next to the image in its registry (cosign-compatible); `inspect
+--provenance` shows the local record, or with `--key` the attestations in
+the registry that verify.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def context_tar(context: Path, dockerfile: Path | None) -> tuple[IO[bytes], str]
             raise UsageError(f"Cannot locate specified Dockerfile: {dockerfile}")
     elif not (context / name).is_file():
         raise UsageError(f"Cannot locate specified Dockerfile: {context / name}")
-    spool = tempfile.TemporaryFile()
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
     with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for entry in sorted(os.listdir(context)):
             tar.add(context / entry, arcname=entry, filter=_portable)
@@ -91,13 +96,83 @@ def _build_args(items: list[str]) -> dict[str, str | None]:
     return out_args
 
 
-def cmd_provenance(args: argparse.Namespace, ctx: Context) -> int:
-    doc = ctx.client.get(f"/images/{quote_id(args.image)}/provenance")
-    if args.format == "json":
-        out(json.dumps(doc))
-    else:
-        print_json(doc)
+def local_provenance(ctx: Context, image: str) -> dict[str, Any]:
+    doc: dict[str, Any] = ctx.client.get(f"/images/{quote_id(image)}/provenance")
+    return doc
+
+
+def cmd_attest(args: argparse.Namespace, ctx: Context) -> int:
+    # Client-side like `berth sign`: these modules bring cryptography and aiohttp.
+    from runtime.build.provenance import from_json
+    from runtime.registry.auth import CredentialStore
+    from runtime.registry.client import RegistryClient, RegistryOptions
+    from runtime.registry.reference import parse
+    from runtime.sign import keys
+    from runtime.sign.cli import _password
+    from runtime.sign.provenance import attest_image
+    from runtime.store.blobs import BlobStore
+
+    ref = parse(args.image)
+    prov = from_json(local_provenance(ctx, args.image)["Provenance"])
+    key = keys.decrypt_private_key(Path(args.key).read_bytes(), _password(confirm=False))
+    insecure = frozenset({ref.domain}) if args.allow_insecure_registry else frozenset()
+
+    async def go() -> str:
+        with tempfile.TemporaryDirectory(prefix="berth-attest-") as tmp:
+            async with RegistryClient(RegistryOptions(insecure=insecure),
+                                      CredentialStore()) as client:
+                return await attest_image(client, ref, key, prov, BlobStore(Path(tmp)))
+
+    digest = _registry_call(go)
+    out(f"Pushing provenance attestation to: {ref.name}@{digest}")
     return 0
+
+
+def cmd_inspect_provenance(args: argparse.Namespace, ctx: Context) -> int:
+    if not args.key:
+        for image in args.images:
+            print_json(local_provenance(ctx, image))
+        return 0
+    from runtime.registry.auth import CredentialStore
+    from runtime.registry.client import RegistryClient, RegistryOptions
+    from runtime.registry.reference import parse
+    from runtime.sign import keys
+    from runtime.sign.provenance import verified_provenance
+    from runtime.store.blobs import BlobStore
+
+    pubs = [keys.load_public_key(Path(k).read_bytes()) for k in args.key]
+
+    async def verified(image: str) -> tuple[str, str, list[dict[str, Any]]]:
+        ref = parse(image)
+        insecure = frozenset({ref.domain}) if args.allow_insecure_registry else frozenset()
+        with tempfile.TemporaryDirectory(prefix="berth-provenance-") as tmp:
+            async with RegistryClient(RegistryOptions(insecure=insecure),
+                                      CredentialStore()) as client:
+                digest, statements = await verified_provenance(client, ref, pubs,
+                                                               BlobStore(Path(tmp)))
+                return ref.familiar, digest, statements
+
+    for image in args.images:
+        name, digest, statements = _registry_call(lambda image=image: verified(image))
+        print_json({"Ref": name, "Digest": digest, "Statements": statements})
+    return 0
+
+
+def _registry_call(coro_fn: Any) -> Any:
+    """Run a registry coroutine; its expected failures become one-line UsageErrors."""
+    import asyncio
+
+    from runtime.registry.auth import AuthError
+    from runtime.registry.client import RegistryError
+    from runtime.registry.reference import InvalidReference
+    from runtime.sign.keys import KeyFileError
+    from runtime.sign.provenance import ProvenanceError
+
+    try:
+        return asyncio.run(coro_fn())
+    except (RegistryError, AuthError, InvalidReference, KeyFileError, ProvenanceError,
+            OSError, ValueError) as e:
+        raise UsageError(str(e)) from e
 
 
 def register(sub: Any) -> None:
@@ -117,8 +192,9 @@ def register(sub: Any) -> None:
     p.add_argument("path", metavar="PATH", help="the build context directory")
 
 
-def register_image_verbs(sub: Any) -> None:
-    p = add_verb(sub, "provenance", cmd_provenance,
-                 "Show how an image was built (repo, commit, Dockerfile, base images)")
-    p.add_argument("--format", choices=("json",), help="one line of JSON")
-    p.add_argument("image", metavar="IMAGE")
+    p = add_verb(sub, "attest", cmd_attest, "Sign an image's build provenance (SLSA) and push "
+                 "it next to the image in its registry")
+    p.add_argument("--key", required=True, help="private key file (cosign format)")
+    p.add_argument("--allow-insecure-registry", action="store_true",
+                   help="talk plain HTTP to this registry")
+    p.add_argument("image", metavar="IMAGE", help="built here and pushed")

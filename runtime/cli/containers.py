@@ -165,6 +165,11 @@ def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
+    if args.provenance:
+        from runtime.cli.build import cmd_inspect_provenance
+
+        args.images = args.names
+        return cmd_inspect_provenance(args, ctx)
     kinds = [args.type] if args.type else ["container", "image", "volume"]
     paths = {"container": "/containers/{}/json", "image": "/images/{}/json",
              "volume": "/volumes/{}"}
@@ -327,6 +332,13 @@ def register(sub: Any) -> None:
     p = add_verb(sub, "inspect", cmd_inspect, "Low-level information on objects as JSON")
     p.add_argument("-f", "--format", help="Go-template subset, e.g. '{{.State.Status}}'")
     p.add_argument("--type", choices=("container", "image", "volume"), help="object kind")
+    p.add_argument("--provenance", action="store_true",
+                   help="an image's build provenance: the local record, or with --key the "
+                        "attestations in its registry that verify")
+    p.add_argument("--key", action="append", default=[],
+                   help="public key for --provenance (repeatable)")
+    p.add_argument("--allow-insecure-registry", action="store_true",
+                   help="talk plain HTTP to the registry (--provenance --key)")
     p.add_argument("names", nargs="+", metavar="NAME")
     p = add_verb(sub, "top", cmd_top, "Show a container's processes")
     p.add_argument("container", metavar="CONTAINER")
