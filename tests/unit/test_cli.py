@@ -106,7 +106,7 @@ def test_every_verb_has_help(capsys: pytest.CaptureFixture[str]) -> None:
              "images", "load", "import", "save", "rmi", "history", "tag", "version", "info",
              "events", "volume", "volume create", "volume ls", "volume inspect", "volume rm",
              "volume prune", "image ls", "image prune", "container ls", "container prune",
-             "system df"]
+             "system df", "build", "attest", "pull", "push", "login", "sign", "verify"]
     for verb in verbs:
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([*verb.split(), "--help"])
