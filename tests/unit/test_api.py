@@ -154,3 +154,56 @@ def test_hook_names_select_events() -> None:
     assert hook_matches("container.exec_start.audit", exec_start)
     assert not hook_matches("README", die)
     assert hook_env(die)["BERTH_EVENT_EXIT_CODE"] == "3"
+
+
+def test_listen_addresses_and_tls_sources(tmp_path: Path) -> None:
+    from runtime.api.listeners import ListenError, Scheme, parse_address, tls_files
+
+    assert parse_address("unix:///run/x.sock").path == "/run/x.sock"
+    tcp = parse_address("tcp://0.0.0.0:2376")
+    assert (tcp.scheme, tcp.host, tcp.port) == (Scheme.TCP, "0.0.0.0", 2376)
+    v6 = parse_address("tcp://[::1]:1234")
+    assert (v6.host, v6.port, str(v6)) == ("::1", 1234, "tcp://[::1]:1234")
+    assert parse_address("tcp://:2376").host == "0.0.0.0"
+    assert parse_address("fd://").scheme is Scheme.FD
+    for bad in ("localhost:2376", "http://x", "tcp://h:port", "tcp://h:70000"):
+        try:
+            parse_address(bad)
+        except ListenError:
+            continue
+        raise AssertionError(f"{bad} accepted")
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    for name in ("berth.tls.ca", "berth.tls.cert", "berth.tls.key"):
+        (creds / name).write_text("x")
+    assert tls_files(None, None, None, None) is None
+    assert tls_files(None, None, None, str(creds)).ca == creds / "berth.tls.ca"  # type: ignore[union-attr]
+    flags = tls_files("/ca", "/cert", "/key", str(creds))
+    assert flags is not None and flags.cert == Path("/cert")  # flags win over credentials
+    try:
+        tls_files("/ca", None, None, None)
+    except ListenError as e:
+        assert "go together" in str(e)
+    else:
+        raise AssertionError("half the TLS flags accepted")
+
+
+def test_daemon_flags(tmp_path: Path) -> None:
+    from runtime.api.listeners import ListenError
+    from runtime.daemon import DEFAULT_CONTAINERS_DIR, config_from_args
+
+    c = config_from_args(["--data-root", str(tmp_path), "-H", "unix:///tmp/b.sock",
+                          "--log-level", "debug", "--insecure-registry", "r:5000"])
+    assert c.data_root == tmp_path and c.hosts[0].path == "/tmp/b.sock"
+    assert c.insecure_registries == ("r:5000",) and c.containers_dir is None
+    system = config_from_args([])
+    assert system.containers_dir == DEFAULT_CONTAINERS_DIR
+    assert config_from_args(["--containers-dir", ""]).containers_dir is None
+    try:
+        config_from_args(["-H", "tcp://127.0.0.1:2375"])
+    except ListenError as e:
+        assert "mutual TLS" in str(e)
+    else:
+        raise AssertionError("plain TCP accepted")
+    assert config_from_args(["-H", "tcp://127.0.0.1:2375", "--insecure-tcp"]).insecure_tcp
