@@ -104,6 +104,7 @@ class Container:
     log: LogDriver
     pidfd: int = -1
     pty_master: int = -1
+    stdin_w: int = -1        # -i without -t: the write end of the container's stdin pipe
     pumps: list[Any] = field(default_factory=list)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     removed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -331,6 +332,20 @@ class ContainerManager:
         q: asyncio.Queue[bytes] = asyncio.Queue(1024)
         c.listeners.add(q)
         return Attach(c.id, c.pty_master, q)
+
+    def stdin_fd(self, ref: str) -> int | None:
+        """Where a client's stdin goes: the pty master (-t) or the stdin pipe (-i); else None."""
+        c = self.get(ref)
+        if c.pty_master >= 0:
+            return c.pty_master
+        return c.stdin_w if c.stdin_w >= 0 else None
+
+    def close_stdin(self, ref: str) -> None:
+        """The client's stdin ended (-i without -t): the container reads EOF."""
+        c = self.get(ref)
+        if c.stdin_w >= 0:
+            os.close(c.stdin_w)
+            c.stdin_w = -1
 
     def detach(self, att: Attach) -> None:
         c = self.containers.get(att.container_id)

@@ -99,10 +99,16 @@ async def start(mgr: ContainerManager, c: Container) -> None:
         else:
             out_r, out_w = open_fifo_pair(run / "stdout")
             err_r, err_w = open_fifo_pair(run / "stderr")
-            null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            if spec.open_stdin:
+                # -i: a plain pipe, so closing our end gives the container EOF; it
+                # does not outlive berthd (the container then reads EOF).
+                stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+                c.stdin_w = stdin_w
+            else:
+                stdin_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
             parent_fds += [out_r, err_r]
-            child_fds += [out_w, err_w, null]
-            stdio = Stdio(null, out_w, err_w)
+            child_fds += [out_w, err_w, stdin_r]
+            stdio = Stdio(stdin_r, out_w, err_w)
         idmap = IdMap(rec.uid_base, mgr.config.subuid_count) if rec.uid_base else None
         ns = Namespace.PID | Namespace.UTS | Namespace.IPC
         if idmap is not None:
@@ -142,6 +148,9 @@ async def start(mgr: ContainerManager, c: Container) -> None:
     except (StartError, OSError) as e:
         for fd in parent_fds:
             os.close(fd)
+        if c.stdin_w >= 0:
+            os.close(c.stdin_w)
+            c.stdin_w = -1
         message = str(e) if isinstance(e, StartError) else f"{e.strerror or e}"
         await teardown_run(mgr, c)
         mgr.save(c, exit_code=exit_code_for(message), error=message, pid=0)
@@ -242,6 +251,9 @@ def on_exit(mgr: ContainerManager, c: Container) -> None:
     c.pumps = []
     if c.pty_master >= 0:
         c.pty_master = -1  # closed by its pump
+    if c.stdin_w >= 0:
+        os.close(c.stdin_w)
+        c.stdin_w = -1
     cg = mgr.hierarchy.container(c.id)
     oom = cg.oom_kills() > c.oom_at_start
     error = "" if code is not None else UNKNOWN_EXIT_ERROR

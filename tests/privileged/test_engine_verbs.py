@@ -128,3 +128,20 @@ def test_unknown_user_fails_the_start_with_dockers_message(env: EngineEnv) -> No
         assert leaks(env) == []
 
     drive(env, scenario)
+
+
+def test_interactive_stdin_without_tty_reaches_the_container_then_eof(env: EngineEnv) -> None:
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(image=IMAGE, cmd=("sh", "-c", "cat; echo eof"),
+                                           open_stdin=True))
+        await m.start(rec.id)
+        fd = m.stdin_fd(rec.id)
+        assert fd is not None
+        import os
+
+        os.write(fd, b"piped in\n")
+        m.close_stdin(rec.id)
+        assert (await asyncio.wait_for(m.wait(rec.id), 10)).status_code == 0
+        assert await output(m, rec.id) == "piped in\neof\n"
+
+    drive(env, scenario)
