@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from runtime import __version__
-from runtime.cli import build, containers, images, run, system, volumes
+from runtime.cli import build, containers, images, networks, run, system, volumes
 from runtime.cli.common import Context
 from runtime.client import ClientError, TlsConfig
 
@@ -53,6 +53,7 @@ def build_parser(with_sign_verbs: bool = True) -> argparse.ArgumentParser:
     images.register(sub)
     system.register(sub)
     volumes.register(sub)
+    networks.register(sub)
     build.register(sub)
     group = sub.add_parser("container", help="Manage containers",
                            description="Manage containers")

@@ -43,6 +43,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     a("--blkio-weight", type=int, help="relative block IO weight (10-1000)")
     a("--restart", default="no", help="no, on-failure[:N], always, unless-stopped")
     a("--network", "--net", dest="network", help="network mode: none, host, bridge or NAME")
+    a("--network-alias", "--net-alias", dest="network_alias", action="append", default=[],
+      help="another name for the container on its user network")
+    a("--ip", help="IPv4 address on its network")
     a("--read-only", action="store_true", help="mount the root filesystem read-only")
     a("-p", "--publish", action="append", default=[], metavar="[IP:][HOST:]CONTAINER[/PROTO]",
       help="publish a container port")
@@ -222,6 +225,11 @@ def create_body(args: argparse.Namespace,
         "Volumes": volumes or None,
         "HostConfig": {k: v for k, v in host_config.items() if v is not None},
     }
+    if args.network_alias or args.ip:
+        endpoint: dict[str, Any] = {"Aliases": args.network_alias or None}
+        if args.ip:
+            endpoint["IPAMConfig"] = {"IPv4Address": args.ip}
+        body["NetworkingConfig"] = {"EndpointsConfig": {args.network or "bridge": endpoint}}
     if args.entrypoint is not None:
         body["Entrypoint"] = [args.entrypoint] if args.entrypoint else [""]
     for flag, key in (("workdir", "WorkingDir"), ("user", "User"), ("hostname", "Hostname"),

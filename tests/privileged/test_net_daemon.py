@@ -120,3 +120,33 @@ def test_docker_network_commands_names_and_isolation(netns: NetNS, workdir: Path
         assert sorted(docker(d, "network", "ls", "--format", "{{.Name}}").stdout.split()) == [
             "bridge", "host", "none"]
         assert links(netns) == ["berth0", "lo"]
+
+
+def test_berth_cli_network_verbs_alias_ip_and_port(netns: NetNS, workdir: Path) -> None:
+    with start_berthd(netns, workdir) as d:
+        import_busybox(d.berth, workdir)
+        net_id = d.berth("network", "create", "--subnet", "10.67.0.0/24", "--internal",
+                         "back").stdout.strip()
+        ls = d.berth("network", "ls").stdout
+        assert net_id[:12] in ls and "back" in ls and "bridge" in ls
+        d.berth("run", "-d", "--name", "db", "--network", "back", "--network-alias", "database",
+                "--ip", "10.67.0.50", "busybox", "httpd", "-f", "-p", "80", "-h", "/etc")
+        look = d.berth("run", "--rm", "--network", "back", "busybox", "nslookup", "database")
+        assert "Address: 10.67.0.50" in look.stdout
+        doc = json.loads(d.berth("network", "inspect", "back").stdout)[0]
+        assert doc["Internal"] is True
+        assert [c["IPv4Address"] for c in doc["Containers"].values()] == ["10.67.0.50/24"]
+        d.berth("run", "-d", "--name", "web", "-p", "127.0.0.1::80", "busybox", "httpd", "-f",
+                "-p", "80", "-h", "/etc")
+        (line,) = d.berth("port", "web").stdout.split("\n")[:-1]
+        assert line.startswith("80/tcp -> 127.0.0.1:")
+        port = int(line.rsplit(":", 1)[1])
+        assert curl(netns, f"http://127.0.0.1:{port}/hostname").strip() == \
+            json.loads(d.berth("inspect", "web").stdout)[0]["Id"][:12]
+        d.berth("network", "connect", "--alias", "front", "back", "web")
+        again = d.berth("run", "--rm", "--network", "back", "busybox", "nslookup", "front")
+        assert "Address: 10.67.0." in again.stdout
+        d.berth("network", "disconnect", "back", "web")
+        d.berth("rm", "-f", "db", "web")
+        assert d.berth("network", "prune", "-f").stdout.split() == ["Deleted", "Networks:",
+                                                                   "back"]
