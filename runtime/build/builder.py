@@ -18,6 +18,7 @@ tags nothing (its finished steps stay cached, as Docker's do).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import posixpath
 import shutil
@@ -52,10 +53,19 @@ from runtime.build.parser import (
 from runtime.build.view import LayerView
 from runtime.build.words import SubstitutionError, expand, key_values, words
 from runtime.oci import ImageConfig, ImageNotFound
-from runtime.store.commit import CommitError, HistoryEntry, LayerInfo, commit_layer, create_image
+from runtime.store.commit import (
+    CommitError,
+    HistoryEntry,
+    IdShift,
+    LayerInfo,
+    commit_layer,
+    create_image,
+)
 from runtime.store.images import ImageStore
 
 Emit = Callable[[str], Awaitable[None]]
+RUNTIME_MOUNT_POINTS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/resolv.conf",
+                        "/etc/hostname", "/etc")
 
 
 @dataclass(frozen=True)
@@ -332,11 +342,27 @@ class _Build:
                 shown = " ".join(argv) if ins.json_args is None else str(list(argv))
                 raise ins.error(f"The command '{shown}' returned a non-zero code: "
                                 f"{outcome.exit_code}")
-            layer = await asyncio.to_thread(commit_layer, self.store, outcome.upper,
+            layer = await asyncio.to_thread(self._commit_run, st, outcome.upper,
                                             outcome.ids)
         prefix = f"|{len(args_env)} {' '.join(args_env)} " if args_env else ""
         await self._commit(st, layer, f"RUN {prefix}{' '.join(argv)}", empty=False,
                            parent_key=parent, key=key)
+
+    def _commit_run(self, st: _StageState, upper: Path, ids: IdShift | None) -> LayerInfo:
+        # The engine makes mount points (/proc, /dev, /etc/hosts ...) in the container's
+        # upper dir when the image lacks them; like Docker's init layer, they are not
+        # part of the image.
+        view = self._view(st.image_id)
+        for rel in RUNTIME_MOUNT_POINTS:
+            path = upper / rel.lstrip("/")
+            if view.stat(rel) is not None or path.is_symlink():
+                continue
+            with contextlib.suppress(OSError):
+                if path.is_dir():
+                    path.rmdir()  # only if empty: RUN may have put files there
+                elif path.is_file() and path.stat().st_size == 0:
+                    path.unlink()
+        return commit_layer(self.store, upper, ids)
 
     # --- COPY / ADD / WORKDIR ---
 
