@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
-import tarfile
-import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import tarfile
 
 from runtime.cli.common import Context, UsageError, add_verb, out, parse_key_values, print_json
 from runtime.client import DaemonError, quote_id
@@ -27,6 +27,10 @@ from runtime.client import DaemonError, quote_id
 
 def context_tar(context: Path, dockerfile: Path | None) -> tuple[IO[bytes], str]:
     """The context as a tar in a temporary file, and the Dockerfile's name in it."""
+    # Imported here: every `berth` run imports this module, few of them build.
+    import secrets
+    import tarfile
+    import tempfile
     if not context.is_dir():
         raise UsageError(f"unable to prepare context: path {str(context)!r} not found")
     name = "Dockerfile"
@@ -103,6 +107,8 @@ def local_provenance(ctx: Context, image: str) -> dict[str, Any]:
 
 def cmd_attest(args: argparse.Namespace, ctx: Context) -> int:
     # Client-side like `berth sign`: these modules bring cryptography and aiohttp.
+    import tempfile
+
     from runtime.build.provenance import from_json
     from runtime.registry.auth import CredentialStore
     from runtime.registry.client import RegistryClient, RegistryOptions
@@ -133,6 +139,8 @@ def cmd_inspect_provenance(args: argparse.Namespace, ctx: Context) -> int:
         for image in args.images:
             print_json(local_provenance(ctx, image))
         return 0
+    import tempfile
+
     from runtime.registry.auth import CredentialStore
     from runtime.registry.client import RegistryClient, RegistryOptions
     from runtime.registry.reference import parse

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import sys
 from typing import Any
 
@@ -23,6 +22,8 @@ from runtime.client import API_VERSION, ClientError
 
 
 def cmd_version(args: argparse.Namespace, ctx: Context) -> int:
+    import platform
+
     client = {"Version": __version__, "ApiVersion": API_VERSION, "Os": "linux",
               "Arch": platform.machine(), "Python": platform.python_version()}
     try:
