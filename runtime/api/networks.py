@@ -164,6 +164,25 @@ def _container(request: web.Request, ref: str) -> tuple[str, str, Path]:
     return str(info.id), str(info.name).lstrip("/"), netns
 
 
+def _record_endpoint(request: web.Request, cid: str, net_name: str,
+                     endpoint: dict[str, Any] | None) -> None:
+    """Keep the engine's copy of NetworkSettings.Networks (what inspect shows) in
+    step with a connect (endpoint) or a disconnect (None)."""
+    engine = backend(request).need("containers")
+    get, save = getattr(engine, "get", None), getattr(engine, "save", None)
+    if get is None or save is None:
+        return
+    c = get(cid)
+    settings = dict(getattr(c.record, "network", None) or {})
+    networks = dict(settings.get("networks") or {})
+    if endpoint is None:
+        networks.pop(net_name, None)
+    else:
+        networks[net_name] = endpoint
+    settings["networks"] = networks
+    save(c, record_network=settings)
+
+
 async def connect(request: web.Request) -> web.StreamResponse:
     svc = service_of(request)
     body = await _body(request)
@@ -176,9 +195,11 @@ async def connect(request: web.Request) -> web.StreamResponse:
     ep = await svc.connect(cid, netns, Attachment(
         net.name, tuple(ep_cfg.get("Aliases") or ()),
         str((ep_cfg.get("IPAMConfig") or {}).get("IPv4Address") or "")), name)
+    doc = docker_endpoint(ep, net)
+    _record_endpoint(request, cid, net.name, doc)
     backend(request).publish("network", "connect", net.id,
                              {"name": net.name, "type": "bridge", "container": cid})
-    return web.json_response(docker_endpoint(ep, net))
+    return web.json_response(doc)
 
 
 async def disconnect(request: web.Request) -> web.StreamResponse:
@@ -188,6 +209,7 @@ async def disconnect(request: web.Request) -> web.StreamResponse:
     info = engine.inspect(str(body.get("Container") or ""))
     net = svc.network(request.match_info["id"])
     await svc.disconnect(str(info.id), net.id)
+    _record_endpoint(request, str(info.id), net.name, None)
     backend(request).publish("network", "disconnect", net.id,
                              {"name": net.name, "type": "bridge", "container": str(info.id)})
     return web.Response(status=200)

@@ -111,8 +111,12 @@ def test_docker_network_commands_names_and_isolation(netns: NetNS, workdir: Path
         assert blocked.returncode == 143 and blocked.stdout == ""  # isolated: no answer at all
         docker(d, "network", "connect", "app", "probe")
         assert docker(d, *cmd).stdout.strip() == web[:12]
+        shown = json.loads(docker(d, "inspect", "probe").stdout)[0]["NetworkSettings"]
+        assert sorted(shown["Networks"]) == ["app", "other"]
         docker(d, "network", "disconnect", "app", "probe")
         assert docker(d, *cmd, check=False).returncode != 0
+        shown = json.loads(docker(d, "inspect", "probe").stdout)[0]["NetworkSettings"]
+        assert sorted(shown["Networks"]) == ["other"]
         busy = docker(d, "network", "rm", "app", check=False)
         assert busy.returncode != 0 and "active endpoints" in busy.stderr
         docker(d, "rm", "-f", web, probe)
