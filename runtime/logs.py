@@ -237,6 +237,7 @@ class JournalLog:
         for e in entries:
             yield e
         while opts.follow:
+            r.wait(0)  # let the reader see journal files that grew or rotated
             for rec in r:
                 e = self._entry(rec)
                 if opts.until_ns is not None and e.time_ns > opts.until_ns:

@@ -25,7 +25,11 @@ from runtime.container.init import ChildFds, ChildPlan, child_main
 from runtime.sys import Namespace, Sys
 from runtime.sys.libc import clone3
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 10.0
+
+
+class InitTimeout(StartError):
+    """The child never answered (see README: clone3 skips glibc's fork handlers)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ def _read_all(fd: int, timeout: float, what: str) -> bytes:
     poller.register(fd, select.POLLIN)
     while True:
         if not poller.poll(timeout * 1000):
-            raise StartError(f"{what}: container init did not answer within {timeout:.0f}s")
+            raise InitTimeout(f"{what}: container init did not answer within {timeout:.0f}s")
         chunk = os.read(fd, 4096)
         if not chunk:
             return out

@@ -22,7 +22,7 @@ from runtime.container import restart as restart_mod
 from runtime.container.errors import Conflict, NotModified, StartError
 from runtime.container.init import ChildPlan
 from runtime.container.network import NetworkRequest
-from runtime.container.spawn import IdMap, Launch, Stdio, proc_start_time
+from runtime.container.spawn import IdMap, InitTimeout, Launch, Stdio, proc_start_time
 from runtime.container.state import Status
 from runtime.container.supervisor import LogPump, exit_status, open_fifo_pair, unwatch, watch_exit
 from runtime.seccomp import default_profile_bpf
@@ -135,16 +135,27 @@ async def start(mgr: ContainerManager, c: Container) -> None:
             user=spec.user, working_dir=spec.working_dir, hostname=spec.hostname, caps=cap_set,
             seccomp_bpf=None if spec.seccomp == "unconfined" else default_profile_bpf(cap_set),
             userns=idmap is not None, unshare=Namespace.MOUNT | Namespace.CGROUP, tty=spec.tty)
-        launch = Launch(plan, rspec, stdio, cg, idmap, ns, mgr.sys)
-        pid = launch.begin()
-        try:
-            if spec.network_mode not in ("none", "host") and mgr.network is not None:
-                result = await _setup_network(mgr, c, pid)
-                mgr.save(c, record_network=result)
-            pidfd = launch.finish()
-        except BaseException:
-            launch.abort()
-            raise
+        bridged = spec.network_mode not in ("none", "host") and mgr.network is not None
+        # One retry of a child that hung before exec (not with a network set up: the
+        # provider's state belongs to the first attempt).
+        attempts = 1 if bridged else 2
+        for attempt in range(1, attempts + 1):
+            launch = Launch(plan, rspec, stdio, cg, idmap, ns, mgr.sys)
+            pid = launch.begin()
+            try:
+                if bridged:
+                    result = await _setup_network(mgr, c, pid)
+                    mgr.save(c, record_network=result)
+                pidfd = launch.finish()
+                break
+            except InitTimeout as e:
+                launch.abort()
+                if attempt == attempts:
+                    raise
+                log.warning("container %s: %s; retrying once", c.id[:12], e)
+            except BaseException:
+                launch.abort()
+                raise
     except (StartError, OSError) as e:
         for fd in parent_fds:
             os.close(fd)
