@@ -130,19 +130,21 @@ class _Build:
         await self.emit(text)
 
     async def run(self) -> BuildResult:
-        stages = list(self.df.stages)
+        last = len(self.df.stages) - 1
         if self.opts.target:
             idx = self.df.stage_index(self.opts.target)
             if idx is None:
                 raise BuildFailed(f"failed to reach build target {self.opts.target} in "
                                   f"Dockerfile: no stage named {self.opts.target}")
-            stages = stages[:idx + 1]
-        extra = 1 if self.opts.labels else 0
-        self.total = sum(1 + len(s.instructions) for s in stages) + extra
+            last = idx
         for ins in self.df.meta_args:
             for name, default in self._arg_pairs(ins, {}):
                 self.used_args.add(name)
                 self.meta[name] = self.opts.build_args.get(name, default or "")
+        # Like BuildKit, only the stages the target needs are built.
+        stages = [self.df.stages[i] for i in sorted(self._needed(last))]
+        extra = 1 if self.opts.labels else 0
+        self.total = sum(1 + len(s.instructions) for s in stages) + extra
         state: _StageState | None = None
         for stage in stages:
             state = await self._stage(stage, last=stage is stages[-1])
@@ -157,6 +159,28 @@ class _Build:
         for t in self.opts.tags:
             await self.say(f"Successfully tagged {t}\n")
         return BuildResult(image_id, self.opts.tags, tuple(self.bases), self.step, self.cached)
+
+    def _needed(self, idx: int) -> set[int]:
+        """Stage `idx` and the earlier stages it reaches by FROM or COPY --from."""
+        seen: set[int] = set()
+        todo = [idx]
+        while todo:
+            i = todo.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            stage = self.df.stages[i]
+            refs = [stage.base] + [ins.flag("from") or "" for ins in stage.instructions
+                                   if ins.keyword is Keyword.COPY]
+            for ref in refs:
+                try:
+                    name = expand(ref, self.meta, self.df.escape)
+                except SubstitutionError:
+                    continue
+                j = self.df.stage_index(name) if name else None
+                if j is not None and j < i:
+                    todo.append(j)
+        return seen
 
     def _tag(self, image_id: str) -> None:
         for t in self.opts.tags:
