@@ -19,6 +19,8 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 import tomllib
 from collections.abc import Iterable, Iterator
@@ -132,6 +134,36 @@ def up_to_date(request: BuildRequest, digest: str) -> ImageArtifacts | None:
     if image.inputs != digest or image.version != request.version or image.missing():
         return None
     return image
+
+
+class BuildInterrupted(HostosError):
+    """SIGTERM or SIGHUP arrived while mkosi ran."""
+
+
+@contextlib.contextmanager
+def terminate_child_on_signal() -> Iterator[None]:
+    """Turns SIGTERM/SIGHUP into an exception while a build runs.
+
+    Python's default action for SIGTERM ends the process at once, leaving
+    mkosi running without its parent while the build lock is released: the
+    next build would then share mkosi's staging folder with it. An exception
+    instead unwinds through `subprocess.run`, which kills mkosi first.
+    """
+
+    def raise_interrupted(signum: int, _frame: object) -> None:
+        raise BuildInterrupted(f"build interrupted by {signal.Signals(signum).name}")
+
+    if threading.current_thread() is not threading.main_thread():
+        # Only the main thread may set handlers; a caller there owns the signals.
+        yield
+        return
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, raise_interrupted) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -276,7 +308,7 @@ def build(request: BuildRequest) -> ImageArtifacts:
     """Builds the image if its inputs changed; returns it either way."""
     if os.geteuid() != 0:
         raise HostosError("hostos build needs root (mkosi builds the image in namespaces it owns)")
-    with build_lock(request.lock_path):
+    with terminate_child_on_signal(), build_lock(request.lock_path):
         digest = input_hash(request.repo, request.version)
         if not request.force and (image := up_to_date(request, digest)) is not None:
             log.info("Image %s in %s is up to date (inputs %s)", image.version, image.folder,

@@ -217,3 +217,38 @@ def test_build_refuses_without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(HostosError, match="needs root"):
         build.build(req)
     assert not (tmp_path / "c").exists()
+
+
+CHILD_SCRIPT = """
+import sys
+from hostos.build import terminate_child_on_signal
+from runtime.run import run
+with terminate_child_on_signal():
+    run(["sh", "-c", "echo $$ > " + sys.argv[1] + "; exec sleep 60"], capture=False)
+"""
+
+
+def test_sigterm_during_a_build_takes_mkosi_down_too(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    pidfile = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", CHILD_SCRIPT, str(pidfile)],
+                              cwd=Path(build.__file__).parent.parent, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert time.monotonic() < deadline, "child never started"
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        parent.send_signal(15)
+        _, err = parent.communicate(timeout=20)
+        assert parent.returncode != 0
+        assert b"interrupted by SIGTERM" in err
+        # The child is gone (killed and reaped by the parent), not orphaned.
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
