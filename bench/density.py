@@ -46,6 +46,8 @@ SETTLE = 3.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=1000, help="containers (default 1000)")
     parser.add_argument("--no-crun", action="store_true", help="skip the crun side")
+    parser.add_argument("--podman", type=int, default=0, metavar="N",
+                        help="also run N podman containers (slow: ~0.4 s each); 0 = skip")
 
 
 def meminfo(key: str = "MemAvailable") -> int:
@@ -139,6 +141,42 @@ def crun_side(tmp: Path, n: int, rootfs_tar: Path) -> dict[str, float]:
     return {"per_container": (mem0 - mem1) / n, "start_all": started}
 
 
+PODMAN_CONF = """[containers]
+netns="none"
+default_ulimits=["nofile=20000:20000","nproc=32768:32768"]
+[engine]
+runtime="runc"
+cgroup_manager="cgroupfs"
+events_logger="file"
+"""
+
+
+def podman_side(tmp: Path, n: int, rootfs_tar: Path) -> dict[str, float]:
+    """podman with MACHINE-NOTES' settings: one conmon per container."""
+    conf, storage = tmp / "containers.conf", tmp / "storage.conf"
+    conf.write_text(PODMAN_CONF)
+    storage.write_text(f'[storage]\ndriver="overlay"\ngraphroot="{tmp}/pm-graph"\n'
+                       f'runroot="{tmp}/pm-run"\n')
+    env = {"CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
+    run(["podman", "import", str(rootfs_tar), "bb:density"], env=env)
+    settle()
+    mem0 = meminfo()
+    t0 = time.perf_counter()
+    try:
+        for i in range(n):
+            run(["podman", "run", "-d", "--network", "none", "bb:density", "sleep", "1000000"],
+                env=env)
+            if (i + 1) % 50 == 0:
+                print(f"  podman: {i + 1}/{n} started", flush=True)
+        started = time.perf_counter() - t0
+        settle()
+        mem1 = meminfo()
+    finally:
+        run(["podman", "rm", "-f", "-t", "0", "-a"], env=env, check=False)
+        run(["podman", "rmi", "-a", "-f"], env=env, check=False)
+    return {"per_container": (mem0 - mem1) / n, "start_all": started, "count": n}
+
+
 def main(args: argparse.Namespace) -> int:
     n = args.count
     tmp = Path(tempfile.mkdtemp(prefix="berth-density-"))
@@ -159,6 +197,7 @@ def main(args: argparse.Namespace) -> int:
         b = asyncio.run(berth_side(tmp, n, images))
         set_child_subreaper(False)  # crun's detached containers must not become ours
         c = None if args.no_crun else crun_side(tmp, n, tar)
+        p = podman_side(tmp, args.podman, tar) if args.podman else None
     finally:
         sys.setns(own, Namespace.NET)
         run(["ip", "netns", "delete", netns], check=False)
@@ -173,6 +212,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'start all (s)':28}{b['start_all']:>12.2f}{cstart:>14.2f}"
           f"{b['start_all'] / cstart:>8.2f}")
     print(f"{'remove all (s)':28}{b['remove_all']:>12.2f}")
+    if p is not None:
+        print(f"podman ({p['count']:.0f} containers): {p['per_container'] / kib:.0f} KiB per "
+              f"container, ratio berth/podman {b['per_container'] / p['per_container']:.2f}; "
+              f"{p['start_all'] / p['count'] * 1000:.0f} ms per start "
+              f"(berth {b['start_all'] / n * 1000:.0f} ms)")
     print(f"daemon RSS: {b['rss_before'] / (1 << 20):.1f} MiB before, "
           f"{b['rss_after'] / (1 << 20):.1f} MiB with {n} containers "
           f"({(b['rss_after'] - b['rss_before']) / n / kib:.1f} KiB per container)")
