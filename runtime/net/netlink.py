@@ -17,6 +17,7 @@ import contextlib
 import errno
 import ipaddress
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -38,7 +39,12 @@ NO_IPV6_LL = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]
 LOOPBACK_IFINDEX = 1  # lo is ifindex 1 in every network namespace
 HOST_IF_PREFIX = "vb"
 """Host ends of container veths: `vb` + 11 hex (IFNAMSIZ allows 15 characters)."""
-USER_BRIDGE_PREFIX = "br-"
+USER_BRIDGE_PREFIX = "bb-"
+"""User networks' bridges: `bb-` + 12 hex of the network id (not Docker's `br-`, so a
+dockerd on the same host never has its bridges mistaken for stale ones of ours)."""
+# What a daemon start may delete as left behind by an earlier berthd: only names
+# of exactly our shapes (a `vboxnet0` or Docker's `br-...` never match).
+OURS = re.compile(r"^(vb[0-9a-f]{11}|bb-[0-9a-f]{12}|bx[0-9a-f]{12}|t[xy][0-9a-f]{12})$")
 
 
 class NetlinkFailed(NetError):

@@ -55,6 +55,7 @@ from runtime.net.model import (
 )
 from runtime.net.netlink import (
     HOST_IF_PREFIX,
+    OURS,
     USER_BRIDGE_PREFIX,
     Netlink,
     bound_socket,
@@ -116,9 +117,7 @@ class NetworkService:
         overflows = {self._overflow_of(e) for e in eps if e.bridge not in bridges}
         keep = known_ifs | bridges | {name for o in overflows for name in o[1:]}
         for name in await asyncio.to_thread(self.netlink.link_names):
-            ours = name.startswith((HOST_IF_PREFIX, USER_BRIDGE_PREFIX, OVERFLOW_PREFIX,
-                                    TRUNK_PREFIX))
-            if ours and name not in keep:
+            if OURS.match(name) and name not in keep:
                 log.info("removing %s left behind by an earlier berthd", name)
                 await asyncio.to_thread(self.netlink.delete_link, name)
         # Forwarding is per namespace: on for the host side of the bridges.

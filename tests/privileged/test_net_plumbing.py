@@ -201,12 +201,18 @@ def test_restart_after_kill_keeps_ports_and_cleans_what_died(net: Lab) -> None:
     # also left a veth the records never heard of
     net.loop.call(net.service.close())
     net.host("ip", "link", "add", "vbdeadbeef000", "type", "veth", "peer", "name", "vbdeadbeef001")
+    # ...and links that are not Berth's (a dockerd's bridge, VirtualBox) must survive
+    net.host("ip", "link", "add", "br-0123456789ab", "type", "bridge")
+    net.host("ip", "link", "add", "vboxnet0", "type", "bridge")
     net.service = net.new_service()
     gone = net.loop.call(net.service.reconcile({net.cid(web)}))
     assert gone == [net.cid(ghost)]
     assert curl(net, "http://127.0.0.1:8080/") == "hello from web\n"
     links = net.host("ip", "-o", "link").stdout
     assert "vbdeadbeef" not in links
+    assert "br-0123456789ab" in links and "vboxnet0" in links
+    net.host("ip", "link", "del", "br-0123456789ab")
+    net.host("ip", "link", "del", "vboxnet0")
     assert ghost_res.endpoints[0].host_ifname not in links
     assert "8081" not in net.host("nft", "list", "table", "ip", "berth").stdout
 
@@ -267,7 +273,7 @@ def test_a_network_outgrows_one_bridge_through_overflow_bridges(netns: NetNS,
             net.loop.call(net.service.teardown(net.cid(c)))
         net.loop.call(net.service.remove_network("big"))
         left = net.host("ip", "-o", "link").stdout
-        assert not any(f": {p}" in left for p in ("bx", "tx", "ty", "br-", "vb"))
+        assert not any(f": {p}" in left for p in ("bx", "tx", "ty", "bb-", "vb"))
 
 
 def test_a_network_that_cannot_be_made_changes_nothing(net: Lab) -> None:
