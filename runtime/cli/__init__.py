@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from runtime import __version__
 from runtime.cli import build, containers, images, networks, run, system, volumes
@@ -22,32 +23,61 @@ SIGN_VERBS = ("generate-key-pair", "sign", "verify", "login", "logout")
 _GLOBAL_WITH_VALUE = ("-H", "--host", "--tlscacert", "--tlscert", "--tlskey")
 
 
-def wants_sign_verbs(argv: Sequence[str]) -> bool:
-    """True if argv names a sign verb, or asks for the full help (`berth --help`)."""
+def first_verb(argv: Sequence[str]) -> str | None:
+    """The verb argv names (skipping global options), or None (none, or --help first)."""
     args = iter(argv)
     for word in args:
         if word in _GLOBAL_WITH_VALUE:
             next(args, None)
         elif word in ("-h", "--help"):
-            return True
+            return None
         elif not word.startswith("-"):
-            return word in SIGN_VERBS
-    return False
+            return word
+    return None
 
 
-def build_parser(with_sign_verbs: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="berth", description="Run and manage containers on a Berth daemon.")
-    parser.add_argument("-v", "--version", action="version", version=f"berth {__version__}")
-    parser.add_argument("-H", "--host", help="daemon socket: unix://PATH or tcp://HOST:PORT "
-                        "(default: $BERTH_HOST, $DOCKER_HOST, unix:///run/berth/berthd.sock)")
-    parser.add_argument("--tls", action="store_true", help="use TLS (implied by --tlsverify)")
-    parser.add_argument("--tlsverify", action="store_true", help="use TLS and verify the daemon")
-    parser.add_argument("--tlscacert", help="trust certs signed only by this CA")
-    parser.add_argument("--tlscert", help="client certificate")
-    parser.add_argument("--tlskey", help="client key")
-    parser.add_argument("-D", "--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def wants_sign_verbs(argv: Sequence[str]) -> bool:
+    """True if argv names a sign verb, or asks for the full help (`berth --help`)."""
+    verb = first_verb(argv)
+    return verb in SIGN_VERBS or (verb is None and any(w in ("-h", "--help") for w in argv))
+
+
+class _Unused:
+    """Stands in for the parser of a verb this run does not use (argparse is slow to
+    build 80 of them: each one looks up its message translations on disk)."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def set_defaults(self, **kwargs: Any) -> None:
+        return None
+
+    def add_subparsers(self, **kwargs: Any) -> _OnlyVerb:
+        return _OnlyVerb(None, "")
+
+
+class _OnlyVerb:
+    """A subparsers action that builds only `verb`'s parser (all of them for None)."""
+
+    def __init__(self, real: Any, verb: str | None) -> None:
+        self.real = real
+        self.verb = verb
+        self.built = False
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self.real is None or (self.verb is not None and self.verb != name
+                                 and self.verb not in kwargs.get("aliases", ())):
+            return _Unused()
+        self.built = True
+        return self.real.add_parser(name, **kwargs)
+
+
+def build_parser(with_sign_verbs: bool = True, verb: str | None = None
+                 ) -> argparse.ArgumentParser:
+    """The full parser, or (given `verb`) one with only that verb's subparser."""
+    parser = _global_parser()
+    real = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub: Any = _OnlyVerb(real, verb)
     run.register(sub)
     containers.register(sub)
     images.register(sub)
@@ -67,6 +97,23 @@ def build_parser(with_sign_verbs: bool = True) -> argparse.ArgumentParser:
         from runtime.sign import cli as sign_cli
 
         sign_cli.register(sub)
+    if verb is not None and not sub.built:
+        return build_parser(with_sign_verbs)  # not a verb we know: argparse says so
+    return parser
+
+
+def _global_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="berth", description="Run and manage containers on a Berth daemon.")
+    parser.add_argument("-v", "--version", action="version", version=f"berth {__version__}")
+    parser.add_argument("-H", "--host", help="daemon socket: unix://PATH or tcp://HOST:PORT "
+                        "(default: $BERTH_HOST, $DOCKER_HOST, unix:///run/berth/berthd.sock)")
+    parser.add_argument("--tls", action="store_true", help="use TLS (implied by --tlsverify)")
+    parser.add_argument("--tlsverify", action="store_true", help="use TLS and verify the daemon")
+    parser.add_argument("--tlscacert", help="trust certs signed only by this CA")
+    parser.add_argument("--tlscert", help="client certificate")
+    parser.add_argument("--tlskey", help="client key")
+    parser.add_argument("-D", "--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -79,7 +126,8 @@ def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(with_sign_verbs=wants_sign_verbs(words)).parse_args(words)
+    parser = build_parser(with_sign_verbs=wants_sign_verbs(words), verb=first_verb(words))
+    args = parser.parse_args(words)
     ctx = Context(host=args.host, tls=tls_from_args(args))
     try:
         status: int = args.func(args, ctx)
