@@ -203,3 +203,18 @@ def test_ps_format_uses_dockers_field_names() -> None:
         "aaaaaaaaaaaa web running a=1,b=2"
     assert render("{{.Ports}} {{.Command}}", fields) == \
         '0.0.0.0:32768->80/tcp "sleep 9"'
+
+
+def test_parser_for_one_verb_parses_like_the_full_one() -> None:
+    from runtime.cli import first_verb
+
+    argv = ["-H", "unix:///x.sock", "run", "--rm", "-e", "A=1", "busybox", "true"]
+    assert first_verb(argv) == "run"
+    only = build_parser(with_sign_verbs=False, verb="run").parse_args(argv)
+    full = build_parser(with_sign_verbs=False).parse_args(argv)
+    assert vars(only) == vars(full)
+    group = ["container", "ls", "-a"]
+    assert build_parser(False, verb="container").parse_args(group).all is True
+    # A typo still gets argparse's list of every verb.
+    with pytest.raises(SystemExit):
+        build_parser(False, verb="rn").parse_args(["rn"])
