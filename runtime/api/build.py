@@ -51,10 +51,15 @@ async def _spool(request: web.Request, dest: Path) -> None:
 async def build(request: web.Request) -> web.StreamResponse:
     from runtime.build.builder import Builder, BuildFailed, BuildOptions
     from runtime.build.cache import BuildCache
-    from runtime.build.context import ContextError, extract_context
+    from runtime.build.context import ContextError, apply_dockerignore, extract_context
     from runtime.build.engine import EngineRunner
     from runtime.build.parser import DockerfileError, parse
-    from runtime.build.provenance import ProvenanceRecords, build_labels, provenance
+    from runtime.build.provenance import (
+        ProvenanceRecords,
+        build_labels,
+        git_source_in_tree,
+        provenance,
+    )
 
     b = backend(request)
     store = b.need("images")
@@ -94,8 +99,12 @@ async def build(request: web.Request) -> web.StreamResponse:
         context.mkdir()
         try:
             with body.open("rb") as f:
-                await asyncio.to_thread(extract_context, f, context, dockerfile)
+                await asyncio.to_thread(extract_context, f, context, dockerfile, False)
             body.unlink()
+            # The repository and commit, when the client did not say (the docker CLI
+            # never does): from a .git the context carries, before .dockerignore drops it.
+            user_labels = {**git_source_in_tree(context), **user_labels}
+            await asyncio.to_thread(apply_dockerignore, context, dockerfile)
             df_path = context / dockerfile
             if not df_path.resolve().is_relative_to(context.resolve()):
                 raise BadRequest(f"the Dockerfile ({dockerfile}) must be within the context")

@@ -115,9 +115,11 @@ def _keep_mode(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
     return safe.replace(**changes, deep=False)
 
 
-def extract_context(stream: BinaryIO, dest: Path, dockerfile: str = "Dockerfile") -> int:
+def extract_context(stream: BinaryIO, dest: Path, dockerfile: str = "Dockerfile",
+                    ignore: bool = True) -> int:
     """Unpack a context tar (plain or compressed, as the docker CLI may send) into
-    `dest`, dropping what .dockerignore excludes. Returns the number of entries."""
+    `dest`, dropping what .dockerignore excludes (unless `ignore` is False: the
+    caller applies it later). Returns the number of entries."""
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             n = 0
@@ -126,7 +128,8 @@ def extract_context(stream: BinaryIO, dest: Path, dockerfile: str = "Dockerfile"
                 n += 1
     except (tarfile.TarError, EOFError) as e:
         raise ContextError(f"the build context is not a valid tar: {e}") from None
-    apply_dockerignore(dest, dockerfile)
+    if ignore:
+        apply_dockerignore(dest, dockerfile)
     return n
 
 

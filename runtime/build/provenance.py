@@ -10,6 +10,7 @@ Dockerfile digest, and the record berthd keeps per built image so that
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -52,6 +53,61 @@ def git_source(context: Path) -> dict[str, str]:
         top = git("rev-parse", "--show-toplevel")
         url = f"file://{top}" if top else ""
     out = {REVISION_LABEL: commit}
+    if url:
+        out[SOURCE_LABEL] = url
+    return out
+
+
+_SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_REMOTE_RE = re.compile(r'^\s*\[\s*remote\s+"([^"]+)"\s*\]\s*$')
+_URL_RE = re.compile(r"^\s*url\s*=\s*(.+?)\s*$")
+
+
+def git_source_in_tree(context: Path) -> dict[str, str]:
+    """The same labels, read from a `.git` directory the context carries (berthd's
+    side, for clients such as the docker CLI that do not label the build).
+
+    The files are parsed here, never handed to git: a context's .git/config is
+    untrusted input, and git runs commands that a config names (core.fsmonitor)."""
+    gitdir = context / ".git"
+    if not gitdir.is_dir():
+        return {}
+
+    def read(rel: str) -> str:
+        path = gitdir / rel
+        if not path.resolve().is_relative_to(context.resolve()):
+            return ""
+        try:
+            return path.read_text(errors="replace")[:1 << 20]
+        except OSError:
+            return ""
+    head = read("HEAD").strip()
+    commit = head
+    if head.startswith("ref:"):
+        ref = head[4:].strip()
+        if ".." in ref or not ref.startswith("refs/"):
+            return {}
+        commit = read(ref).strip()
+        if not commit:
+            for line in read("packed-refs").splitlines():
+                sha, _, name = line.partition(" ")
+                if name.strip() == ref:
+                    commit = sha.strip()
+    if not _SHA_RE.match(commit):
+        return {}
+    out = {REVISION_LABEL: commit}
+    remote, urls = "", dict[str, str]()
+    for line in read("config").splitlines():
+        m = _REMOTE_RE.match(line)
+        if m:
+            remote = m.group(1)
+            continue
+        if line.lstrip().startswith("["):
+            remote = ""
+        u = _URL_RE.match(line)
+        if remote and u:
+            urls.setdefault(remote, u.group(1))
+    url = urls.get("origin") or next(iter(urls.values()), "")
     if url:
         out[SOURCE_LABEL] = url
     return out

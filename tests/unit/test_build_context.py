@@ -174,3 +174,40 @@ def test_chmod_values() -> None:
     assert parse_chmod("0755") == 0o755 and parse_chmod(None) is None
     with pytest.raises(CopyError, match="octal"):
         parse_chmod("u+x")
+
+
+def _git_tree(root: Path, head: str, config: str, refs: dict[str, str],
+              packed: str = "") -> Path:
+    git = root / ".git"
+    git.mkdir(parents=True)
+    (git / "HEAD").write_text(head)
+    (git / "config").write_text(config)
+    (git / "packed-refs").write_text(packed)
+    for name, sha in refs.items():
+        (git / name).parent.mkdir(parents=True, exist_ok=True)
+        (git / name).write_text(sha + "\n")
+    return root
+
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_git_source_read_from_the_context(tmp_path: Path) -> None:
+    from runtime.build.provenance import REVISION_LABEL, SOURCE_LABEL, git_source_in_tree
+
+    cfg = ('[core]\n\tbare = false\n[remote "upstream"]\n\turl = https://up/x.git\n'
+           '[remote "origin"]\n\turl = git@git.example:team/app.git\n'
+           '\tfetch = +refs/heads/*:refs/remotes/origin/*\n[core]\n\turl = nope\n')
+    loose = _git_tree(tmp_path / "a", "ref: refs/heads/main\n", cfg, {"refs/heads/main": SHA})
+    assert git_source_in_tree(loose) == {REVISION_LABEL: SHA,
+                                         SOURCE_LABEL: "git@git.example:team/app.git"}
+    packed = _git_tree(tmp_path / "b", "ref: refs/heads/dev\n", "", {},
+                       f"# pack-refs with: peeled\n{SHA} refs/heads/dev\n")
+    assert git_source_in_tree(packed) == {REVISION_LABEL: SHA}
+    detached = _git_tree(tmp_path / "c", SHA + "\n", "", {})
+    assert git_source_in_tree(detached) == {REVISION_LABEL: SHA}
+    # Not a commit, a ref walking out of .git, or no .git: no labels.
+    assert git_source_in_tree(_git_tree(tmp_path / "d", "garbage\n", "", {})) == {}
+    assert git_source_in_tree(_git_tree(tmp_path / "e", "ref: refs/../../../etc/passwd\n",
+                                         "", {})) == {}
+    assert git_source_in_tree(tmp_path / "none") == {}
