@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def boot_once(image: ImageArtifacts, mode: BootMode, creds: tuple[Credential, ...],
               accel: Accel | None, timeout: float, state: Path) -> float:
-    spec = MachineSpec(image, boot=mode, credentials=creds, test_shell=False)
+    spec = MachineSpec(image, boot=mode, credentials=creds)
     with Machine(spec, state, accel=accel) as m:
         return m.wait_for_unit(READY_UNIT, timeout)
 

@@ -35,6 +35,11 @@ class MachinePaths:
         return self.state_dir / "qemu.log"
 
     @property
+    def shell_log(self) -> Path:
+        """Transcript of the test shell: what was sent (>>>) and what came back."""
+        return self.state_dir / "shell.log"
+
+    @property
     def qmp_socket(self) -> Path:
         return self.state_dir / "qmp.sock"
 

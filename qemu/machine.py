@@ -1,7 +1,7 @@
 """`Machine`: boot the Berth image under QEMU, talk to it, cut its power.
 
     with Machine(MachineSpec(image, credentials=...), state_dir) as m:
-        m.wait_for(r"Started berthd\\.service", 300)
+        m.wait_for_unit("berthd.service", 300)
         status, out = m.run("systemctl --failed")
         port = m.api_port
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -26,11 +27,11 @@ from types import TracebackType
 
 from qemu.accel import Accel, AccelChoice, choose_accel
 from qemu.cmdline import QEMU_BINARY, MachinePaths, qemu_cmd
-from qemu.console import Console, ConsoleTimeout
+from qemu.console import Console
 from qemu.firmware import Firmware, find_firmware
 from qemu.monitor import Monitor
 from qemu.process import start_qemu
-from qemu.shell import GuestShell
+from qemu.shell import GuestCommandTimeout, GuestShell
 from qemu.spec import API_PORT, BootMode, ConsoleMode, ForwardProto, MachineSpec
 from runtime.run import run
 
@@ -145,7 +146,8 @@ class Machine:
                 raise MachineError(f"QEMU did not come up: {e}\n{self._qemu_log_tail()}") from e
             self._monitor = monitor
             self._ports = parse_usernet_forwards(monitor.human("info usernet"))
-            shell = GuestShell(self.paths.shell_socket, self.exit_status)
+            shell = GuestShell(self.paths.shell_socket, self.exit_status,
+                               self.paths.shell_log)
             shell.connect()
             stack.callback(shell.close)
             self._shell = shell
@@ -220,16 +222,34 @@ class Machine:
             pattern, timeout, self._boot_offset if since is None else since
         )
 
-    def wait_for_unit(self, unit: str, timeout: float, since: int | None = None) -> float:
-        """Wait until systemd reports `unit` started (for Type=notify: READY=1).
+    def wait_for_unit(self, unit: str, timeout: float) -> float:
+        """Wait until `unit` is active (for Type=notify: it sent READY=1).
 
-        Returns the seconds since QEMU started. Fails early if the unit failed.
+        Asks systemd through the test shell: the console's "Started ..." lines
+        stop once a getty owns the console, so they cannot be relied on.
+        Returns seconds since QEMU started; fails early if the unit failed.
         """
-        pattern = rf"(Started|Failed to start) {re.escape(unit)}"
-        m = self.wait_for(pattern, timeout, since)
-        if m.group(1) != "Started":
-            raise ConsoleTimeout(pattern, timeout, self.console.tail(since=self._boot_offset),
-                                 f"failed: {m.group(0)}")
+        deadline = time.monotonic() + timeout
+        self._notice_resets()
+        if self._shell is None or not self.spec.test_shell:
+            raise MachineError("waiting for a unit needs the test shell (MachineSpec.test_shell)")
+        self._shell.wait_ready(timeout)
+        u = shlex.quote(unit)
+        script = (
+            f"until systemctl is-active -q {u}; do "
+            f"if systemctl is-failed -q {u}; then systemctl status --no-pager {u}; exit 1; fi; "
+            "sleep 0.3; done"
+        )
+        left = max(deadline - time.monotonic(), 1.0)
+        try:
+            status, out = self._shell.run(script, left)
+        except GuestCommandTimeout:
+            raise MachineError(
+                f"{unit} not active within {timeout:.0f} s; last console lines:\n"
+                + self.console.tail(since=self._boot_offset)
+            ) from None
+        if status != 0:
+            raise MachineError(f"{unit} failed:\n{out}")
         return time.monotonic() - self.started_at
 
     # -- guest commands --------------------------------------------------------

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import logging
 import shlex
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from runtime.sys.libc import set_pdeathsig
+
 log = logging.getLogger("berth.qemu")
+
+
+def _die_with_parent() -> None:
+    set_pdeathsig(signal.SIGTERM)
 
 
 @contextmanager
@@ -31,6 +38,9 @@ def start_qemu(
             # Its own process group: a Ctrl-C meant for the harness must not
             # also kill the guest half-way.
             start_new_session=not interactive,
+            # A harness killed without running its cleanup (SIGKILL, a
+            # timeout) must not leave QEMU running: it gets SIGTERM then.
+            preexec_fn=_die_with_parent,
         )
     try:
         yield proc

@@ -28,7 +28,7 @@ from pathlib import Path
 # The tty reads lines of at most 4095 bytes in canonical mode: longer
 # commands are staged in a file in chunks.
 CHUNK = 3000
-PROBE_INTERVAL = 3.0
+PROBE_INTERVAL = 10.0
 
 
 class ShellError(Exception):
@@ -42,8 +42,10 @@ class GuestCommandTimeout(ShellError):
 
 
 class GuestShell:
-    def __init__(self, socket_path: Path, exit_status: Callable[[], int | None]) -> None:
+    def __init__(self, socket_path: Path, exit_status: Callable[[], int | None],
+                 transcript: Path | None = None) -> None:
         self._path = socket_path
+        self._transcript = transcript
         self._exit_status = exit_status
         self._sock: socket.socket | None = None
         self._buf = bytearray()
@@ -70,11 +72,15 @@ class GuestShell:
 
     def _read(self) -> None:
         assert self._sock is not None
+        log = self._transcript.open("ab") if self._transcript else None
         while True:
             try:
                 data = self._sock.recv(65536)
             except OSError:
                 data = b""
+            if log is not None:
+                log.write(data)
+                log.flush()
             with self._cond:
                 if not data:
                     self._closed = True
@@ -82,6 +88,8 @@ class GuestShell:
                     self._buf += data
                 self._cond.notify_all()
             if not data:
+                if log is not None:
+                    log.close()
                 return
 
     def close(self) -> None:
@@ -99,6 +107,9 @@ class GuestShell:
     def _send(self, data: bytes) -> None:
         if self._sock is None:
             raise ShellError("test shell is not connected")
+        if self._transcript is not None:
+            with self._transcript.open("ab") as log:
+                log.write(b"\n>>> " + data + b"\n<<< ")
         self._sock.sendall(data)
 
     def _wait(self, regex: re.Pattern[bytes], timeout: float) -> re.Match[bytes] | None:
@@ -118,26 +129,34 @@ class GuestShell:
                 self._cond.wait(min(left, 1.0))
 
     def wait_ready(self, timeout: float) -> None:
-        """Probe until a shell of the booted system (not the initrd's) answers."""
+        """Probe until a shell of the booted system (not the initrd's) answers.
+
+        bash echoes a line through readline, which is slow under TCG; a slow
+        answer to an earlier probe counts, so probes never cancel each other.
+        Probes carry no quotes: a probe garbled while the port was not yet
+        open fails as a command instead of leaving bash inside a string.
+        No ^C either: bash drops input that arrives while it handles SIGINT.
+        """
         if self._ready:
             return
         deadline = time.monotonic() + timeout
+        tokens: list[bytes] = []
         while time.monotonic() < deadline:
-            tok = secrets.token_hex(8)
-            # ^C first: abandons a half-read line (ours, garbled while the
-            # port was not yet open) or a command left running by a timeout.
-            self._send(b"\x03")
-            time.sleep(0.2)
+            tok = secrets.token_hex(8).encode()
+            tokens.append(tok)
+            # The first line also turns off readline and echo, for speed.
             self._send(
                 b"stty -echo -onlcr 2>/dev/null; set +o emacs +o vi; PS1= PS2=; "
-                b"test -e /etc/initrd-release && printf %s%s\\\\n I " + tok.encode()
-                + b" || printf %s%s\\\\n R " + tok.encode() + b"\n"
+                b"test -e /etc/initrd-release && printf %s%s\\\\n I " + tok
+                + b" || printf %s%s\\\\n R " + tok + b"\n"
             )
-            m = self._wait(re.compile(rb"([IR])" + tok.encode()), PROBE_INTERVAL)
+            answer = re.compile(rb"([IR])(" + b"|".join(tokens) + rb")")
+            m = self._wait(answer, PROBE_INTERVAL)
             if m and m.group(1) == b"R":
                 self._ready = True
                 return
             if m:  # the initrd's shell; the real one starts after switch-root
+                tokens.clear()
                 time.sleep(1.0)
         raise ShellError(
             f"no test shell answered on ttyS1 within {timeout:.0f} s "
@@ -164,7 +183,10 @@ class GuestShell:
         regex = re.compile(b"B" + tok + rb"\r?\n(.*?)\r?\nE" + tok + rb":(\d+)\r?\n", re.DOTALL)
         m = self._wait(regex, timeout)
         if m is None:
+            # Interrupt it; the next command probes again, as bash may drop
+            # input while it handles the SIGINT.
             self._send(b"\x03")
+            self._ready = False
             raise GuestCommandTimeout(cmd, timeout)
         try:
             output = base64.b64decode(re.sub(rb"\s", b"", m.group(1)), validate=True)
