@@ -16,6 +16,7 @@ from types import ModuleType
 BENCHMARKS: list[str] = [
     "bench.api_start",
     "bench.boot",
+    "bench.build",
     "bench.density",
     "bench.start",
     "bench.fleet",
