@@ -171,6 +171,8 @@ class _Server(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        if not self.responder.serves(str(addr[0])):
+            return  # another network's container (through the host): its names are not theirs
         reply = answer(data, self.responder.lookup, self.responder.reverse,
                        forward=bool(self.responder.upstreams))
         if reply is not None:
@@ -187,8 +189,9 @@ class DnsResponder:
     `upstream_sock` an unbound one there too, or None for an internal network."""
 
     def __init__(self, network: str, lookup: Lookup, reverse: Reverse,
-                 upstreams: Sequence[str]) -> None:
+                 upstreams: Sequence[str], subnet: str = "") -> None:
         self.network = network
+        self.subnet = ipaddress.IPv4Network(subnet) if subnet else None
         self.lookup = lookup
         self.reverse = reverse
         self.upstreams = tuple(upstreams)
@@ -196,6 +199,16 @@ class DnsResponder:
         self._server: _Server | None = None
         self._up: _Upstream | None = None
         self._transports: list[asyncio.DatagramTransport] = []
+
+    def serves(self, client: str) -> bool:
+        """Only the network's own containers (and the host) get answers."""
+        if self.subnet is None:
+            return True
+        try:
+            ip = ipaddress.IPv4Address(client)
+        except ValueError:
+            return False
+        return ip in self.subnet or ip.is_loopback
 
     async def start(self, sock: socket.socket, upstream_sock: socket.socket | None) -> None:
         loop = asyncio.get_running_loop()

@@ -491,7 +491,7 @@ class NetworkService:
         def reverse(address: str) -> str | None:
             return self._ptr.get(nid, {}).get(address)
 
-        dns = DnsResponder(net.name, lookup, reverse, upstreams)
+        dns = DnsResponder(net.name, lookup, reverse, upstreams, net.subnet)
         try:
             sock = await asyncio.to_thread(bound_socket, self.host_netns, socket.SOCK_DGRAM,
                                            net.gateway, 53)

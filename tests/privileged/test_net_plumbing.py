@@ -184,6 +184,11 @@ def test_networks_are_isolated_unless_a_container_joins_both(net: Lab) -> None:
     web_server(net, b)
     assert curl(a, f"http://{b_ip}/").startswith("FAILED")
     assert curl(b, f"http://{a_ip}/").startswith("FAILED")
+    # nor can b ask network one's DNS responder (on the host) for one's names
+    one_gw = net.service.network("one").gateway
+    assert a_ip in a.run("busybox", "nslookup", "a", one_gw).stdout
+    asked = b.run("timeout", "3", "busybox", "nslookup", "a", one_gw)
+    assert a_ip not in asked.stdout
     assert curl(both, f"http://{a_ip}/") == "hello from a\n"
     assert curl(both, f"http://{b_ip}/") == "hello from b\n"
     net.loop.call(net.service.disconnect(net.cid(both), "two"))

@@ -71,3 +71,12 @@ def test_garbage_gets_formerr_or_nothing() -> None:
     assert reply is not None and struct.unpack_from("!H", reply)[0] == 0x1234
     assert struct.unpack_from("!H", reply, 2)[0] & 0xF == RCode.FORMERR
     assert answer(b"\x00", lookup, reverse, forward=True) is None
+
+
+def test_a_responder_answers_only_its_own_network() -> None:
+    from runtime.net.dns import DnsResponder
+
+    dns = DnsResponder("app", lookup, reverse, [], "10.89.0.0/16")
+    assert dns.serves("10.89.3.4")
+    assert dns.serves("127.0.0.1")
+    assert not dns.serves("10.88.0.2")  # a default-bridge container asking through the host
