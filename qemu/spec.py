@@ -139,6 +139,10 @@ class MachineSpec:
         args = [f"console={CONSOLE_TTY}"]
         if self.show_status:
             args.append("systemd.show_status=1")
+        if self.console is ConsoleMode.LOG:
+            # Nobody types at a logged console, and while a getty holds it
+            # systemd stops printing status lines there ("Started ...").
+            args.append("systemd.getty_auto=0")
         if self.test_shell:
             args.append(f"systemd.debug_shell={SHELL_TTY}")
         args.extend(self.kernel_args)

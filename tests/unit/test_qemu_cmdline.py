@@ -57,7 +57,7 @@ def test_uefi_boot_uses_pflash_with_a_private_vars_copy() -> None:
     extra = [s for s in smbios if "kernel-cmdline-extra" in s]
     assert extra == [
         "type=11,value=io.systemd.stub.kernel-cmdline-extra=console=ttyS0 "
-        "systemd.show_status=1 systemd.debug_shell=ttyS1 foo=bar,,baz"
+        "systemd.show_status=1 systemd.getty_auto=0 systemd.debug_shell=ttyS1 foo=bar,,baz"
     ]
 
 
@@ -133,6 +133,10 @@ def test_console_goes_to_a_log_or_the_terminal() -> None:
     interactive = qemu_cmd(MachineSpec(IMAGE, console=ConsoleMode.STDIO), PATHS, Accel.TCG)
     (stdio,) = [c for c in opt_values(interactive, "-chardev") if c.startswith("stdio,")]
     assert "logfile=/state/console.log" in stdio and "signal=off" in stdio
+    # A login prompt only where someone can type at it.
+    assert "systemd.getty_auto=0" in kernel_cmdline(MachineSpec(IMAGE)).split()
+    stdio_spec = MachineSpec(IMAGE, console=ConsoleMode.STDIO)
+    assert "systemd.getty_auto=0" not in kernel_cmdline(stdio_spec).split()
     # ttyS0 is the console, ttyS1 the test shell, in both modes.
     assert opt_values(interactive, "-serial") == ["chardev:console", "chardev:shell"]
 
