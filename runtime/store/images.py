@@ -252,6 +252,11 @@ class ImageStore:
             rec = self._record(str(row[0]))
             if f.dangling is not None and rec.dangling != f.dangling:
                 continue
+            # Docker hides a build's intermediate images (untagged, with a child) unless
+            # asked for all (`images -a`); prune keeps them while a child needs them.
+            if not f.include_intermediate and rec.dangling and self._row(
+                    "SELECT 1 FROM images WHERE parent=? LIMIT 1", rec.id) is not None:
+                continue
             if f.labels and not self._labels_match(rec.id, f.labels):
                 continue
             if f.reference and not _reference_match(rec.tags, f.reference):

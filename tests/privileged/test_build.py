@@ -58,6 +58,9 @@ def test_build_run_then_cache_hits_and_misses(daemon: tuple[Berthd, Path]) -> No
     assert not any(steps(first)[n] for n in range(2, 8))
     assert d.berth("run", "--rm", "app:1").stdout == "hello world\none\n"
     image = d.berth("inspect", "-f", "{{.Id}}", "app:latest").stdout.strip()
+    # Each step's image is kept (the cache) but, as Docker's, hidden unless -a.
+    assert len(d.berth("images", "-q").stdout.split()) == 2
+    assert len(d.berth("images", "-aq").stdout.split()) == 7
 
     again = build(d, ctx, "-t", "app:1")
     assert all(steps(again)[n] for n in range(2, 8)), again
