@@ -49,6 +49,8 @@ async def _spool(request: web.Request, dest: Path) -> None:
 
 
 async def build(request: web.Request) -> web.StreamResponse:
+    from runtime.build import cache as cache_mod
+    from runtime.build import provenance as prov_mod
     from runtime.build.builder import Builder, BuildFailed, BuildOptions
     from runtime.build.cache import BuildCache
     from runtime.build.context import ContextError, apply_dockerignore, extract_context
@@ -64,6 +66,8 @@ async def build(request: web.Request) -> web.StreamResponse:
     b = backend(request)
     store = b.need("images")
     manager = b.need("containers")
+    store.ensure_schema(cache_mod.DDL)
+    store.ensure_schema(prov_mod.DDL)
     q = request.query
     if q.get("remote"):
         raise BadRequest("remote build contexts cannot be fetched: there is no network here; "
@@ -148,9 +152,10 @@ async def build(request: web.Request) -> web.StreamResponse:
 
 
 async def image_provenance(request: web.Request) -> web.Response:
-    from runtime.build.provenance import ProvenanceRecords, to_json
+    from runtime.build.provenance import DDL, ProvenanceRecords, to_json
 
     store = backend(request).need("images")
+    store.ensure_schema(DDL)
     name = request.match_info["name"]
     try:
         iid = await asyncio.to_thread(store.lookup, name)

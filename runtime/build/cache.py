@@ -19,14 +19,14 @@ from collections.abc import Sequence
 
 from runtime.store.db import schema, transaction
 
-_DDL = """
+DDL = """
 CREATE TABLE IF NOT EXISTS build_cache (
   key TEXT PRIMARY KEY,
   image_id TEXT NOT NULL,
   created REAL NOT NULL
 );
 """
-schema("build", _DDL)
+schema("build", DDL)
 
 
 def cache_key(parent: str, instruction: str, content: str = "",
@@ -36,9 +36,11 @@ def cache_key(parent: str, instruction: str, content: str = "",
 
 
 class BuildCache:
+    """On the image store's connection; its table is made by `store.ensure_schema(DDL)`
+    (executescript would commit another thread's open transaction)."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        conn.executescript(_DDL)
 
     def get(self, key: str) -> str | None:
         row = self.conn.execute("SELECT image_id FROM build_cache WHERE key=?",

@@ -26,14 +26,14 @@ from runtime.store.db import schema, transaction
 SOURCE_LABEL = "org.opencontainers.image.source"
 REVISION_LABEL = "org.opencontainers.image.revision"
 
-_DDL = """
+DDL = """
 CREATE TABLE IF NOT EXISTS build_provenance (
   image_id TEXT PRIMARY KEY,
   doc TEXT NOT NULL,
   created REAL NOT NULL
 );
 """
-schema("build_provenance", _DDL)
+schema("build_provenance", DDL)
 
 
 def git_source(context: Path) -> dict[str, str]:
@@ -157,8 +157,7 @@ class ProvenanceRecords:
     """image id -> the provenance of the build that made it (berthd's SQLite)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        conn.executescript(_DDL)
+        self.conn = conn  # the table: store.ensure_schema(DDL)
 
     def put(self, image_id: str, prov: BuildProvenance) -> None:
         with transaction(self.conn):

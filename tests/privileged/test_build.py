@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import tarfile
 from collections.abc import Iterator
@@ -114,7 +115,7 @@ RUN echo debug > /out/debug
     assert "[Warning]" not in dbg
 
 
-def test_copy_add_semantics(daemon: tuple[Berthd, Path]) -> None:
+def test_copy_add_semantics(daemon: tuple[Berthd, Path], netns: NetNS) -> None:
     d, ctx = daemon
     (ctx / "dir" / "sub").mkdir(parents=True)
     (ctx / "dir" / "a.txt").write_text("a")
@@ -140,6 +141,12 @@ welcome $NAME
 EOF
 WORKDIR /work/deep
 RUN rm /app/a.txt && touch made-here
+RUN <<EOF
+set -e
+echo "from a heredoc" > /etc/heredoc
+readlink /proc/self/ns/net > /etc/netns-none
+EOF
+RUN --network=host readlink /proc/self/ns/net > /etc/netns-host
 ONBUILD RUN echo triggered > /tmp/onbuild
 USER nobody
 """)
@@ -154,6 +161,11 @@ USER nobody
     assert sh("stat -c '%u %s' /opt/pkg/README") == "1000 5\n"      # ADD extracted the tar
     assert sh("cat /etc/motd") == "welcome \n"
     assert sh("pwd; ls") == "/work/deep\nmade-here\n"
+    assert sh("cat /etc/heredoc") == "from a heredoc\n"
+    # RUN has no network unless asked; --network=host shares the daemon's namespace.
+    daemon_ns = f"net:[{os.stat(netns.path).st_ino}]\n"
+    assert sh("cat /etc/netns-host") == daemon_ns
+    assert sh("cat /etc/netns-none") != daemon_ns
     assert sh("ls /app/junk.tmp /junk.tmp 2>&1 | grep -c 'No such'") == "2\n"
     assert d.berth("run", "--rm", "sem:1", "id", "-u").stdout == "65534\n"
     # A child image runs the ONBUILD trigger right after its FROM.

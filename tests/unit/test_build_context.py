@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.build.cache import BuildCache, cache_key
+from runtime.build.cache import DDL, BuildCache, cache_key
 from runtime.build.context import (
     ContextError,
     context_tar,
@@ -161,6 +161,7 @@ def test_cache_keys() -> None:
 
 def test_cache_records() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.executescript(DDL)
     cache = BuildCache(conn)
     assert cache.get("k") is None
     cache.put("k", "sha256:a")
