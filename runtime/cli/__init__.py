@@ -140,6 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
+    except (OSError, ValueError) as e:
+        # The connection dropped mid-stream, or the daemon sent something unreadable.
+        if args.debug:
+            raise
+        print(f"berth: {e.strerror if isinstance(e, OSError) and e.strerror else e}",
+              file=sys.stderr)
+        return 1
     finally:
         ctx.close()
     return status
