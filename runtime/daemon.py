@@ -31,6 +31,7 @@ from runtime.api import listeners
 from runtime.api.app import make_app
 from runtime.api.backend import Backend, DaemonInfo
 from runtime.api.listeners import ListenAddress, ListenError, Scheme, TlsFiles
+from runtime.run import CommandError
 
 log = logging.getLogger("berth.daemon")
 
@@ -391,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(serve(config))
     except ListenError as e:
         log.error("%s", e)
+        return 1
+    except (OSError, CommandError) as e:
+        # Expected start-up failures (a read-only data root, nft missing): one line,
+        # the traceback only at debug level.
+        log.error("berthd cannot start: %s", e, exc_info=config.log_level is LogLevel.DEBUG)
         return 1
     return 0
 
