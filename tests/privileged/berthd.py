@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from runtime import cgroups
+from tests.faultproxy import registry_config
 from tests.privileged.conftest import NetNS
 
 BERTHD = [sys.executable, "-m", "runtime.daemon"]
@@ -189,3 +191,20 @@ def start_berthd(netns: NetNS, workdir: Path, *extra: str, env: dict[str, str] |
         if cleanup and proc.poll() is None:
             daemon.remove_all_containers()
         stop(proc)
+
+
+def start_registry_in(netns: NetNS, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = random.randint(20000, 60000)  # the namespace is fresh: any port is free
+    (work / "registry").mkdir()
+    cfg = work / "registry.yml"
+    cfg.write_text(registry_config(work / "registry", port))
+    log = (work / "registry.log").open("wb")
+    proc = subprocess.Popen(netns.argv("/usr/bin/docker-registry", "serve", str(cfg)),
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 20
+    while netns.run("curl", "-sf", f"http://127.0.0.1:{port}/v2/", check=False).returncode:
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            (work / "registry.log").read_text()
+        time.sleep(0.1)
+    return proc, f"127.0.0.1:{port}"

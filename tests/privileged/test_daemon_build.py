@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.privileged.berthd import BERTH, Berthd, berth_workdir, start_berthd
+from tests.privileged.berthd import BERTH, Berthd, berth_workdir, start_berthd, start_registry_in
 from tests.privileged.conftest import NetNS
 from tests.privileged.images import import_busybox
-from tests.privileged.test_daemon_registry import start_registry_in
 
 DOCKER = "/usr/local/bin/docker"
 DOCKERFILE = 'FROM busybox\nRUN echo built > /built\nCOPY data.txt /data.txt\n' \

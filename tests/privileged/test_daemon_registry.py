@@ -3,37 +3,16 @@ real docker-registry running in the test's network namespace."""
 
 from __future__ import annotations
 
-import random
 import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.faultproxy import registry_config
-from tests.privileged.berthd import Berthd, berth_workdir, start_berthd
+from tests.privileged.berthd import Berthd, berth_workdir, start_berthd, start_registry_in
 from tests.privileged.conftest import NetNS
 from tests.privileged.images import import_busybox
 
 DOCKER = "/usr/local/bin/docker"
-
-
-def start_registry_in(netns: NetNS, work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = random.randint(20000, 60000)  # the namespace is fresh: any port is free
-    (work / "registry").mkdir()
-    cfg = work / "registry.yml"
-    cfg.write_text(registry_config(work / "registry", port))
-    log = (work / "registry.log").open("wb")
-    proc = subprocess.Popen(netns.argv("/usr/bin/docker-registry", "serve", str(cfg)),
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    deadline = time.monotonic() + 20
-    while netns.run("curl", "-sf", f"http://127.0.0.1:{port}/v2/", check=False).returncode:
-        assert proc.poll() is None and time.monotonic() < deadline, \
-            (work / "registry.log").read_text()
-        time.sleep(0.1)
-    return proc, f"127.0.0.1:{port}"
 
 
 @pytest.fixture
