@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -26,6 +28,12 @@ from runtime.api.filters import query_bool
 from runtime.api.routes import RouteTable
 
 _CHUNK = 1 << 20
+log = logging.getLogger("berth.build")
+
+
+class ClientGone(Exception):
+    """The client hung up: the build stops at its next output (its RUN container is
+    removed on the way out), with nothing tagged."""
 
 
 def _json_map(request: web.Request, name: str) -> dict[str, str]:
@@ -88,9 +96,12 @@ async def build(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
 
     async def send(doc: dict[str, Any]) -> None:
-        if not resp.prepared:
-            await resp.prepare(request)
-        await resp.write(json.dumps(doc).encode() + b"\r\n")
+        try:
+            if not resp.prepared:
+                await resp.prepare(request)
+            await resp.write(json.dumps(doc).encode() + b"\r\n")
+        except ConnectionError as e:
+            raise ClientGone(str(e)) from None
 
     async def emit(text: str) -> None:
         if not quiet:
@@ -130,11 +141,8 @@ async def build(request: web.Request) -> web.StreamResponse:
         except (BuildFailed, DockerfileError) as e:
             await send({"errorDetail": {"message": str(e)}, "error": str(e)})
         else:
-            import dataclasses
-
-            from runtime.build.provenance import _now
-
-            done = dataclasses.replace(prov, base_images=result.base_images, finished=_now())
+            done = dataclasses.replace(prov, base_images=result.base_images,
+                                       finished=prov_mod.now_utc())
             with store.lock:
                 ProvenanceRecords(store.conn).put(result.image_id, done)
             await send({"aux": {"ID": result.image_id}})
@@ -142,6 +150,9 @@ async def build(request: web.Request) -> web.StreamResponse:
                 await send({"stream": result.image_id + "\n"})
             for t in tags:
                 b.publish("image", "tag", result.image_id, {"name": t})
+    except ClientGone:
+        log.info("build of %s stopped: the client went away", tags or dockerfile)
+        return resp
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)
     if not resp.prepared:

@@ -119,7 +119,7 @@ def provenance(labels: Mapping[str, str], dockerfile: str, dockerfile_data: byte
         source_repo=labels.get(SOURCE_LABEL, ""), commit=labels.get(REVISION_LABEL, ""),
         dockerfile=dockerfile, dockerfile_digest=sha256_digest(dockerfile_data),
         build_args=MappingProxyType(dict(build_args)), target=target,
-        started=_now())
+        started=now_utc())
 
 
 def build_labels(user_labels: Mapping[str, str], prov: BuildProvenance) -> dict[str, str]:
@@ -127,7 +127,7 @@ def build_labels(user_labels: Mapping[str, str], prov: BuildProvenance) -> dict[
     return {**image_labels(prov), **user_labels}
 
 
-def _now() -> str:
+def now_utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
