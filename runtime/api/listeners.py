@@ -124,6 +124,7 @@ def activated_sockets() -> list[socket.socket]:
         return []
     from systemd import daemon as sd  # the host OS ships python3-systemd
 
+    # sd_listen_fds() also sets FD_CLOEXEC: containers never inherit the API sockets.
     fds: list[int] = sd.listen_fds()
     return [socket.socket(fileno=fd) for fd in fds]
 
