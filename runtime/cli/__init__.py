@@ -8,8 +8,9 @@ flags, no daemon) print one line and exit non-zero, with no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runtime import __version__
@@ -117,10 +118,20 @@ def _global_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
+def tls_from_args(args: argparse.Namespace,
+                  env: Mapping[str, str] = os.environ) -> TlsConfig | None:
+    """--tls/--tlsverify and the files; missing ones come from $DOCKER_CERT_PATH or
+    ~/.docker (ca.pem, cert.pem, key.pem), as the docker CLI finds them."""
     if not (args.tls or args.tlsverify or args.tlscacert or args.tlscert or args.tlskey):
         return None
-    return TlsConfig(args.tlscacert, args.tlscert, args.tlskey,
+    cert_dir = env.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
+
+    def pick(given: str | None, name: str) -> str | None:
+        default = os.path.join(cert_dir, name)
+        return given or (default if os.path.exists(default) else None)
+
+    return TlsConfig(pick(args.tlscacert, "ca.pem"), pick(args.tlscert, "cert.pem"),
+                     pick(args.tlskey, "key.pem"),
                      verify=args.tlsverify or bool(args.tlscacert))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -218,3 +219,19 @@ def test_parser_for_one_verb_parses_like_the_full_one() -> None:
     # A typo still gets argparse's list of every verb.
     with pytest.raises(SystemExit):
         build_parser(False, verb="rn").parse_args(["rn"])
+
+
+def test_tls_files_default_to_docker_cert_path(tmp_path: Path) -> None:
+    from runtime.cli import tls_from_args
+
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    args = build_parser(False, verb="ps").parse_args(["--tlsverify", "ps"])
+    tls = tls_from_args(args, env={"DOCKER_CERT_PATH": str(tmp_path)})
+    assert tls is not None and tls.verify
+    assert (tls.ca, tls.cert, tls.key) == tuple(str(tmp_path / n)
+                                               for n in ("ca.pem", "cert.pem", "key.pem"))
+    given = build_parser(False, verb="ps").parse_args(["--tlscacert", "/my/ca", "ps"])
+    tls = tls_from_args(given, env={"DOCKER_CERT_PATH": str(tmp_path)})
+    assert tls is not None and tls.ca == "/my/ca" and tls.cert == str(tmp_path / "cert.pem")
+    assert tls_from_args(build_parser(False, verb="ps").parse_args(["ps"])) is None
