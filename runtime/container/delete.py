@@ -46,5 +46,7 @@ async def remove(mgr: ContainerManager, c: Container, force: bool, volumes: bool
                 log.warning("container %s: %s", c.id[:12], e)
     records.delete(mgr.db, c.id)
     mgr.containers.pop(c.id, None)
+    for exec_id in [e for e, s in mgr.execs.items() if s.container_id == c.id]:
+        del mgr.execs[exec_id]
     c.removed.set()
     mgr.publish(c, "destroy")
