@@ -39,7 +39,7 @@ class LayerView:
     def _lookup_exact(self, rel: str) -> Path | None:
         """The topmost real entry for `rel` (no symlink following), or None."""
         parts = [p for p in rel.split("/") if p]
-        for i, layer in enumerate(self.top_first):
+        for layer in self.top_first:
             path = layer.joinpath(*parts) if parts else layer
             try:
                 st = os.lstat(path)
@@ -49,13 +49,12 @@ class LayerView:
                 continue
             if _is_whiteout(st):
                 return None
-            del i
             return path
         return None
 
     def _hidden_below(self, layer: Path, parts: list[str]) -> bool:
-        # An opaque parent directory, or a whiteout of a parent, in this layer hides
-        # whatever the lower layers have under it.
+        # In this layer, a parent of `parts` that is a whiteout, a non-directory or an
+        # opaque directory hides whatever the lower layers have under it.
         cur = layer
         for p in parts[:-1]:
             cur = cur / p
@@ -63,9 +62,7 @@ class LayerView:
                 st = os.lstat(cur)
             except OSError:
                 return False
-            if _is_whiteout(st):
-                return True
-            if stat.S_ISDIR(st.st_mode) and _opaque(cur):
+            if _is_whiteout(st) or not stat.S_ISDIR(st.st_mode) or _opaque(cur):
                 return True
         return False
 
@@ -109,17 +106,15 @@ class LayerView:
         seen: dict[str, bool] = {}
         for layer in self.top_first:
             d = layer.joinpath(*parts) if parts else layer
-            if self._hidden_below(layer, [*parts, "x"]) and parts:
-                break
             try:
                 names = os.listdir(d)
             except OSError:
-                continue
+                names = []
             for n in names:
                 if n not in seen:
                     seen[n] = not _is_whiteout(os.lstat(d / n))
-            if _opaque(d):
-                break
+            if self._hidden_below(layer, [*parts, ""]):
+                break  # this layer's dir (or a parent) is opaque, a whiteout or a file
         return sorted(n for n, visible in seen.items() if visible)
 
     def walk(self, path: str) -> Iterator[tuple[str, Path]]:
