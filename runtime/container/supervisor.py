@@ -18,7 +18,7 @@ from pathlib import Path
 from runtime.logs import LogDriver, LogEntry
 
 MAX_LINE = 16 * 1024          # Docker splits longer lines too
-PIPE_SIZE = 1 << 20           # F_SETPIPE_SZ: what a container may write while berthd is away
+PIPE_SIZE = 256 << 10      # F_SETPIPE_SZ: what a container may write while berthd is away
 _F_SETPIPE_SZ = 1031
 
 
