@@ -10,7 +10,7 @@ import pytest
 
 from runtime.container.errors import Conflict, NoSuchContainer, StartError
 from runtime.container.manager import ContainerManager
-from runtime.container.spec import CreateRequest
+from runtime.container.spec import CreateRequest, VolumeRequest
 from runtime.container.state import Status, WaitCondition
 from runtime.events import EventBus
 from tests.privileged.conftest import NetNS
@@ -145,3 +145,22 @@ def test_interactive_stdin_without_tty_reaches_the_container_then_eof(env: Engin
         assert await output(m, rec.id) == "piped in\neof\n"
 
     drive(env, scenario)
+
+
+def test_without_user_namespace_the_container_runs_as_host_root(env: EngineEnv,
+                                                                  tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(image=IMAGE, userns=False,
+                                           cmd=("sh", "-c", "cat /proc/self/uid_map; "
+                                                "touch /etc/x && echo /out/ok > /out/f"),
+                                           volumes=(VolumeRequest(str(shared), "/out"),)))
+        await m.start(rec.id)
+        assert (await m.wait(rec.id)).status_code == 0
+        assert (await output(m, rec.id)).split() == ["0", "0", "4294967295"]
+        assert (shared / "f").read_text() == "/out/ok\n"
+
+    drive(env, scenario)
+    assert leaks(env) == []
