@@ -16,7 +16,6 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +180,3 @@ async def image_provenance(request: web.Request) -> web.Response:
 def add_routes(table: RouteTable) -> None:
     table.post("/build", build)
     table.get("/images/{name:.+}/provenance", image_provenance)
-
-
-__all__ = ["AsyncIterator", "add_routes"]

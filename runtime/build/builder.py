@@ -27,13 +27,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from runtime.build import config as cfgmod
 from runtime.build.cache import BuildCache, cache_key
 from runtime.build.context import hash_tree
 from runtime.build.copier import (
     CopyError,
+    Owner,
     Source,
     Stager,
     context_sources,
@@ -51,7 +51,7 @@ from runtime.build.parser import (
     parse_trigger,
 )
 from runtime.build.view import LayerView
-from runtime.build.words import SubstitutionError, expand, key_values, words
+from runtime.build.words import SubstitutionError, expand, words
 from runtime.oci import ImageConfig, ImageNotFound
 from runtime.store.commit import (
     CommitError,
@@ -461,20 +461,11 @@ class _Build:
             return None
         staging = Path(tempfile.mkdtemp(prefix="workdir-", dir=self.o.work_dir))
         try:
-            Stager(staging, view, _root(), None).ensure_dir(workdir, owned=False)
+            Stager(staging, view, Owner(), None).ensure_dir(workdir, owned=False)
             return commit_layer(self.store, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _root() -> Any:
-    from runtime.build.copier import Owner
-
-    return Owner()
-
-
 def _short(image_id: str | None) -> str:
     return (image_id or "").removeprefix("sha256:")[:12]
-
-
-__all__ = ["BuildFailed", "BuildOptions", "BuildResult", "Builder", "key_values"]

@@ -265,6 +265,12 @@ def _validate(ins: Instruction) -> None:
     if k is Keyword.RUN and ins.flag("mount") is not None:
         raise ins.error("the --mount option needs BuildKit; Berth's builder runs RUN in a "
                         "plain container (use COPY, or a multi-stage build)")
+    for name in ("parents", "exclude", "checksum", "keep-git-dir"):
+        if k in (Keyword.COPY, Keyword.ADD) and ins.flag(name) is not None:
+            raise ins.error(f"--{name} is not supported by this builder (checksum and "
+                            f"keep-git-dir apply to remote sources, which need a network)"
+                            if name in ("checksum", "keep-git-dir") else
+                            f"--{name} is not supported by this builder")
     if k is Keyword.RUN and ins.flag("security") is not None:
         raise ins.error("--security is not supported")
     if k is Keyword.RUN and ins.flag("network") not in (None, "none", "host", "default"):

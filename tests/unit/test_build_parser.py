@@ -210,3 +210,12 @@ def test_healthcheck() -> None:
 def test_expose_bad_protocol_names_the_line() -> None:
     with pytest.raises(DockerfileError, match="Dockerfile:2: EXPOSE: invalid proto: xtp"):
         _apply(ImageConfig(), "EXPOSE 80/xtp")
+
+
+@pytest.mark.parametrize("line", ["COPY --parents a/b /x", "COPY --exclude=*.o . /x",
+                                  "ADD --checksum=sha256:00 a.tgz /x",
+                                  "ADD --keep-git-dir=true repo /x"])
+def test_flags_this_builder_cannot_honour_are_refused(line: str) -> None:
+    with pytest.raises(DockerfileError, match=r"^Dockerfile:2: (COPY|ADD): --[a-z-]+ is not "
+                                              r"supported"):
+        parse(f"FROM busybox\n{line}\n")
