@@ -202,7 +202,8 @@ def build_spec(req: CreateRequest, image: ImageConfig, container_id: str) -> Con
                              f"it needs to be an absolute path")
     hostname = req.hostname or container_id[:12]
     base = (DEFAULT_PATH,) if not any(e.startswith("PATH=") for e in image.env + req.env) else ()
-    env = merge_env(base, image.env, (f"HOSTNAME={hostname}",), req.env)
+    tty_env = ("TERM=xterm",) if req.tty else ()   # as dockerd adds for -t
+    env = merge_env(base, image.env, (f"HOSTNAME={hostname}",), tty_env, req.env)
     stop_signal = req.stop_signal or image.stop_signal or "SIGTERM"
     signal_number(stop_signal)
     network_mode = req.network_mode or "none"

@@ -49,6 +49,14 @@ def test_env_merge_request_overrides_image_by_key_and_adds_hostname() -> None:
     assert s.env == ("PATH=/usr/bin:/bin", "LANG=C", "A=2", "HOSTNAME=web", "B=3")
 
 
+def test_tty_gets_term_xterm_unless_set() -> None:
+    assert "TERM=xterm" in build_spec(CreateRequest(image="x", tty=True), IMG, CID).env
+    s = build_spec(CreateRequest(image="x", tty=True, env=("TERM=vt100",)), IMG, CID)
+    assert "TERM=vt100" in s.env and "TERM=xterm" not in s.env
+    assert not any(e.startswith("TERM=") for e in build_spec(CreateRequest(image="x"), IMG,
+                                                             CID).env)
+
+
 def test_default_path_is_added_when_nobody_sets_one() -> None:
     s = build_spec(CreateRequest(image="x", cmd=("true",)), ImageConfig(), CID)
     assert s.env[0] == DEFAULT_PATH
