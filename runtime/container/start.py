@@ -53,13 +53,52 @@ def network_files(mgr: ContainerManager, c: Container) -> tuple[rootfs.Volume, .
     return tuple(rootfs.Volume(str(src), dst) for dst, src in files_for(c.id).items())
 
 
+ETC_FILES = ("hosts", "hostname", "resolv.conf")
+LOCALHOST_HOSTS = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                   "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n"
+                   "ff02::2\tip6-allrouters\n")
+
+
+def own_etc_files(mgr: ContainerManager, c: Container) -> tuple[rootfs.Volume, ...]:
+    """/etc/hosts, /etc/hostname, /etc/resolv.conf kept by the engine when no network
+    provider writes them (none and host modes), bound like volumes, as dockerd does."""
+    if network_files(mgr, c):
+        return ()
+    taken = {v.destination for v in c.record.volumes}
+    d = mgr.data_dir(c.id)
+    return tuple(rootfs.Volume(str(d / name), f"/etc/{name}") for name in ETC_FILES
+                 if f"/etc/{name}" not in taken)
+
+
+def write_etc_files(mgr: ContainerManager, c: Container) -> None:
+    spec = c.record.spec
+    host_files = {name: _read_host(f"/etc/{name}") for name in ("hosts", "resolv.conf")}
+    content = {
+        "hostname": f"{spec.hostname}\n",
+        # host mode shares the host's names, as with dockerd; none has loopback only
+        "hosts": host_files["hosts"] if spec.network_mode == "host" else LOCALHOST_HOSTS,
+        "resolv.conf": host_files["resolv.conf"],
+    }
+    for vol in own_etc_files(mgr, c):
+        with open(vol.source, "w") as f:
+            f.write(content[os.path.basename(vol.source)])
+
+
+def _read_host(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def rootfs_spec(mgr: ContainerManager, c: Container) -> rootfs.RootfsSpec:
     rec = c.record
     data, run = mgr.data_dir(c.id), mgr.run_dir(c.id)
     return rootfs.RootfsSpec(
         layers=rec.layers, upper=str(data / "upper"), work=str(data / "work"),
         rootfs=str(run / "rootfs"), staging=str(run / "stage"),
-        volumes=rec.volumes + network_files(mgr, c),
+        volumes=rec.volumes + network_files(mgr, c) + own_etc_files(mgr, c),
         read_only=rec.spec.read_only, idmap=rec.uid_base != 0,
         new_netns=rec.spec.network_mode != "host")
 
@@ -128,6 +167,7 @@ async def start(mgr: ContainerManager, c: Container) -> None:
                     env = env + tuple(link_env(_network_request(c)))
                 except Exception as e:  # e.g. a --link to a container that is not running
                     raise StartError(str(e)) from e
+        write_etc_files(mgr, c)
         rspec = rootfs_spec(mgr, c)
         cap_set = caps_mod.resolve(spec.cap_add, spec.cap_drop)
         plan = ChildPlan(

@@ -164,3 +164,16 @@ def test_without_user_namespace_the_container_runs_as_host_root(env: EngineEnv,
 
     drive(env, scenario)
     assert leaks(env) == []
+
+
+def test_etc_hostname_and_hosts_are_provided(env: EngineEnv) -> None:
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(image=IMAGE, hostname="web1", read_only=True,
+                                           cmd=("sh", "-c", "cat /etc/hostname; "
+                                                "grep -c localhost /etc/hosts")))
+        await m.start(rec.id)
+        assert (await m.wait(rec.id)).status_code == 0
+        assert (await output(m, rec.id)).split() == ["web1", "2"]
+
+    drive(env, scenario)
+    assert leaks(env) == []
