@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,40 +56,83 @@ async def _spool(request: web.Request, dest: Path) -> None:
             await asyncio.to_thread(f.write, chunk)
 
 
+@dataclass(frozen=True)
+class BuildQuery:
+    """POST /build's query, validated before the body is read."""
+
+    tags: tuple[str, ...]
+    dockerfile: str
+    network: str
+    build_args: dict[str, str]
+    labels: dict[str, str]
+    target: str
+    no_cache: bool
+    quiet: bool
+
+
+def build_query(request: web.Request) -> BuildQuery:
+    from runtime.registry.reference import InvalidReference
+    from runtime.registry.reference import parse as parse_ref
+
+    q = request.query
+    if q.get("remote"):
+        raise BadRequest("remote build contexts cannot be fetched: there is no network here; "
+                         "send the context as a tar")
+    tags = tuple(t for t in q.getall("t", []) if t)
+    for t in tags:  # checked before anything runs: a build never ends half-tagged
+        try:
+            if parse_ref(t).digest:
+                raise InvalidReference(t, "a tag cannot hold a digest")
+        except InvalidReference as e:
+            raise BadRequest(f"invalid tag {t!r}: {e}") from None
+    network = q.get("networkmode") or "none"
+    network = "none" if network in ("default", "bridge") else network
+    if network not in ("none", "host"):
+        raise BadRequest(f"networkmode {network}: builds run with network none or host")
+    return BuildQuery(tags, q.get("dockerfile") or "Dockerfile", network,
+                      _json_map(request, "buildargs"), _json_map(request, "labels"),
+                      q.get("target", ""), query_bool(request, "nocache"),
+                      query_bool(request, "q"))
+
+
+def unpack_context(body: Path, context: Path, dockerfile: str) -> tuple[bytes, dict[str, str]]:
+    """Unpack the context; the Dockerfile's bytes and the git labels found in it."""
+    from runtime.build.context import ContextError, apply_dockerignore, extract_context
+    from runtime.build.provenance import git_source_in_tree
+
+    try:
+        with body.open("rb") as f:
+            extract_context(f, context, dockerfile, ignore=False)
+    except ContextError as e:
+        raise BadRequest(str(e)) from None
+    body.unlink()
+    # The repository and commit, for clients that do not say (the docker CLI never
+    # does): from a .git the context carries, read before .dockerignore drops it.
+    git_labels = git_source_in_tree(context)
+    apply_dockerignore(context, dockerfile)
+    df_path = context / dockerfile
+    if not df_path.resolve().is_relative_to(context.resolve()):
+        raise BadRequest(f"the Dockerfile ({dockerfile}) must be within the context")
+    try:
+        return df_path.read_bytes(), git_labels
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise BadRequest(f"Cannot locate specified Dockerfile: {dockerfile}") from None
+
+
 async def build(request: web.Request) -> web.StreamResponse:
     from runtime.build import cache as cache_mod
     from runtime.build import provenance as prov_mod
     from runtime.build.builder import Builder, BuildFailed, BuildOptions
     from runtime.build.cache import BuildCache
-    from runtime.build.context import ContextError, apply_dockerignore, extract_context
     from runtime.build.engine import EngineRunner
     from runtime.build.parser import DockerfileError, parse
-    from runtime.build.provenance import (
-        ProvenanceRecords,
-        build_labels,
-        git_source_in_tree,
-        provenance,
-    )
 
     b = backend(request)
     store = b.need("images")
     manager = b.need("containers")
     store.ensure_schema(cache_mod.DDL)
     store.ensure_schema(prov_mod.DDL)
-    q = request.query
-    if q.get("remote"):
-        raise BadRequest("remote build contexts cannot be fetched: there is no network here; "
-                         "send the context as a tar")
-    tags = tuple(t for t in q.getall("t", []) if t)
-    dockerfile = q.get("dockerfile") or "Dockerfile"
-    network = q.get("networkmode") or "none"
-    if network in ("default", "bridge"):
-        network = "none"
-    if network not in ("none", "host"):
-        raise BadRequest(f"networkmode {network}: builds run with network none or host")
-    build_args = _json_map(request, "buildargs")
-    user_labels = _json_map(request, "labels")
-    quiet = query_bool(request, "q")
+    bq = build_query(request)
     tmp_root = b.info.data_root / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=tmp_root))
@@ -103,37 +147,25 @@ async def build(request: web.Request) -> web.StreamResponse:
             raise ClientGone(str(e)) from None
 
     async def emit(text: str) -> None:
-        if not quiet:
+        if not bq.quiet:
             await send({"stream": text})
 
     try:
-        body = work / "context.tar"
-        await _spool(request, body)
+        await _spool(request, work / "context.tar")
         context = work / "context"
         context.mkdir()
+        data, git_labels = await asyncio.to_thread(unpack_context, work / "context.tar",
+                                                   context, bq.dockerfile)
         try:
-            with body.open("rb") as f:
-                await asyncio.to_thread(extract_context, f, context, dockerfile, False)
-            body.unlink()
-            # The repository and commit, when the client did not say (the docker CLI
-            # never does): from a .git the context carries, before .dockerignore drops it.
-            user_labels = {**git_source_in_tree(context), **user_labels}
-            await asyncio.to_thread(apply_dockerignore, context, dockerfile)
-            df_path = context / dockerfile
-            if not df_path.resolve().is_relative_to(context.resolve()):
-                raise BadRequest(f"the Dockerfile ({dockerfile}) must be within the context")
-            try:
-                data = df_path.read_bytes()
-            except (FileNotFoundError, IsADirectoryError):
-                raise BadRequest(f"Cannot locate specified Dockerfile: {dockerfile}") from None
-            df = parse(data.decode("utf-8", "replace"), dockerfile)
-        except (ContextError, DockerfileError) as e:
+            df = parse(data.decode("utf-8", "replace"), bq.dockerfile)
+        except DockerfileError as e:
             raise BadRequest(str(e)) from None
-        prov = provenance(user_labels, dockerfile, data, build_args, q.get("target", ""))
-        opts = BuildOptions(dockerfile=dockerfile, tags=tags, build_args=build_args,
-                            target=q.get("target", ""), no_cache=query_bool(request, "nocache"),
-                            labels=build_labels(user_labels, prov), network=network,
-                            quiet=quiet)
+        user_labels = {**git_labels, **bq.labels}
+        prov = prov_mod.provenance(user_labels, bq.dockerfile, data, bq.build_args, bq.target)
+        opts = BuildOptions(dockerfile=bq.dockerfile, tags=bq.tags, build_args=bq.build_args,
+                            target=bq.target, no_cache=bq.no_cache,
+                            labels=prov_mod.build_labels(user_labels, prov),
+                            network=bq.network, quiet=bq.quiet)
         builder = Builder(store, EngineRunner(manager), BuildCache(store.conn), work)
         try:
             result = await builder.build(df, context, opts, emit)
@@ -143,14 +175,14 @@ async def build(request: web.Request) -> web.StreamResponse:
             done = dataclasses.replace(prov, base_images=result.base_images,
                                        finished=prov_mod.now_utc())
             with store.lock:
-                ProvenanceRecords(store.conn).put(result.image_id, done)
+                prov_mod.ProvenanceRecords(store.conn).put(result.image_id, done)
             await send({"aux": {"ID": result.image_id}})
-            if quiet:
+            if bq.quiet:
                 await send({"stream": result.image_id + "\n"})
-            for t in tags:
+            for t in bq.tags:
                 b.publish("image", "tag", result.image_id, {"name": t})
     except ClientGone:
-        log.info("build of %s stopped: the client went away", tags or dockerfile)
+        log.info("build of %s stopped: the client went away", bq.tags or bq.dockerfile)
         return resp
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)

@@ -203,3 +203,12 @@ def test_bad_builds_fail_clearly_and_leave_nothing(daemon: tuple[Berthd, Path], 
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(d.data_root) not in mounts and str(d.exec_root / "containers") not in mounts
     assert not list((d.data_root / "tmp").glob("build-*"))  # the context is gone
+
+
+def test_bad_tag_is_refused_before_anything_runs(daemon: tuple[Berthd, Path]) -> None:
+    d, ctx = daemon
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo ran > /x\n")
+    r = d.berth("build", "-t", "good:1", "-t", "Bad Tag", str(ctx), check=False)
+    assert r.returncode == 1 and "invalid tag 'Bad Tag'" in r.stderr
+    assert "ran" not in r.stdout and "Step 1" not in r.stdout
+    assert d.berth("images", "-q", "good").stdout == ""
