@@ -16,6 +16,7 @@ import struct
 import termios
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -27,11 +28,12 @@ from runtime.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, Hijacked, hijack
 from runtime.api.routes import RouteTable
 from runtime.container.manager import ContainerManager
 from runtime.events import Event, EventBus
-from runtime.logs import LogEntry, LogOptions, rfc3339_nano
+from runtime.logs import LogDriver, LogEntry, LogOptions, rfc3339_nano
 
 log = logging.getLogger("berth.api")
 
 STREAM_IDS = {"stdin": 0, "stdout": 1, "stderr": 2}
+_T = TypeVar("_T")
 _HEADER = struct.Struct(">BxxxI")
 
 
@@ -123,46 +125,92 @@ async def _wait_started(mgr: ContainerManager, events: Lifecycle, cid: str) -> b
     return (await events.until("start", "destroy")).action == "start"
 
 
-async def _copy_logs(mgr: ContainerManager, cid: str, since_ns: int, opts: LogOptions,
-                     events: Lifecycle, write: Callable[[bytes], Awaitable[None]]) -> None:
-    """Follow the log until the container dies, then flush what the last read missed.
+class TeeLog:
+    """A container's LogDriver that also hands each entry to one attach stream.
 
-    `die` is published after the engine drained the output pipes, so a final
-    read after it sees every line; racing the follower against it saves the
-    follower's poll interval on every exit.
+    `run` attaches before `start`: with this in place the engine's output pumps
+    (made at start from `Container.log`) feed the stream directly, in order,
+    with no file to poll and no race with `--rm` deleting the log at exit.
+    Everything else is the wrapped driver's.
     """
-    last_ns, seen_at_last = since_ns, 0
 
-    async def emit(entries: AsyncIterator[LogEntry], skip_at_last: int) -> None:
-        nonlocal last_ns, seen_at_last
-        skip = skip_at_last
-        async for e in entries:
-            if e.time_ns == last_ns and skip > 0:
-                skip -= 1
-                continue
-            if e.time_ns != last_ns:
-                last_ns, seen_at_last = e.time_ns, 0
-            seen_at_last += 1
-            await write(encode_entry(e, False, False))
+    def __init__(self, inner: LogDriver) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.queue: asyncio.Queue[LogEntry] = asyncio.Queue()
+        self.active = True
 
-    follow_opts = LogOptions(follow=True, since_ns=since_ns, stdout=opts.stdout,
-                             stderr=opts.stderr)
-    follower = asyncio.ensure_future(emit(mgr.logs(cid, follow_opts), 0))
+    def write(self, entry: LogEntry) -> None:
+        self.inner.write(entry)
+        if self.active:
+            self.queue.put_nowait(entry)
+
+    def read(self, opts: LogOptions, alive: Callable[[], bool]) -> AsyncIterator[LogEntry]:
+        return self.inner.read(opts, alive)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def remove(self) -> None:
+        self.inner.remove()
+
+
+def tee_before_start(mgr: ContainerManager, cid: str) -> TeeLog | None:
+    """Tee a created container's log; None if it already runs (its pumps exist)."""
+    c = mgr.get(cid)
+    if c.state.status.has_process:
+        return None
+    tee = TeeLog(c.log)
+    c.log = tee
+    return tee
+
+
+def untee(mgr: ContainerManager, cid: str, tee: TeeLog) -> None:
+    tee.active = False
+    c = mgr.containers.get(cid)
+    if c is not None and c.log is tee:
+        c.log = tee.inner  # the pumps of a run already started keep the tee: it forwards
+
+
+async def _until_ended(queue: asyncio.Queue[_T], events: Lifecycle,
+                       emit: Callable[[_T], Awaitable[None]]) -> None:
+    """Emit queued items until the container dies, then what is left in the queue.
+
+    The engine publishes `die` after it drained the container's output, so the
+    queue holds everything by then.
+    """
     ended = asyncio.ensure_future(events.until("die", "destroy"))
     try:
-        await asyncio.wait({follower, ended}, return_when=asyncio.FIRST_COMPLETED)
-        if not follower.done():
-            follower.cancel()
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await follower
-            rest = LogOptions(since_ns=last_ns, stdout=opts.stdout, stderr=opts.stderr)
-            with contextlib.suppress(Exception):  # removed meanwhile: nothing more to read
-                await emit(mgr.logs(cid, rest), seen_at_last)
-        else:
-            follower.result()
+                await emit(await getter)
+            if ended.done():
+                while not queue.empty():
+                    await emit(queue.get_nowait())
+                return
     finally:
-        follower.cancel()
         ended.cancel()
+
+
+async def _copy_tee(tee: TeeLog, opts: LogOptions, events: Lifecycle,
+                    write: Callable[[bytes], Awaitable[None]]) -> None:
+    async def emit(e: LogEntry) -> None:
+        if opts.wants(e):
+            await write(encode_entry(e, False, False))
+
+    await _until_ended(tee.queue, events, emit)
+
+
+async def _follow_logs(mgr: ContainerManager, cid: str, since_ns: int, opts: LogOptions,
+                       write: Callable[[bytes], Awaitable[None]]) -> None:
+    """A running container's output from now until it stops (the engine's follower)."""
+    follow = LogOptions(follow=True, since_ns=since_ns, stdout=opts.stdout, stderr=opts.stderr)
+    async for e in mgr.logs(cid, follow):
+        await write(encode_entry(e, False, False))
 
 
 def _listen_pty(mgr: ContainerManager, cid: str) -> asyncio.Queue[bytes]:
@@ -181,20 +229,9 @@ async def _copy_pty(mgr: ContainerManager, cid: str, output: asyncio.Queue[bytes
                     conn: Hijacked, stdin: bool) -> None:
     pty = mgr.get(cid).pty_master
     feeder = asyncio.ensure_future(_feed_fd(conn, pty)) if stdin and pty >= 0 else None
-    ended = asyncio.ensure_future(events.until("die", "destroy"))
     try:
-        while True:
-            getter = asyncio.ensure_future(output.get())
-            await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                await write(getter.result())
-                continue
-            getter.cancel()
-            while not output.empty():
-                await write(output.get_nowait())
-            return
+        await _until_ended(output, events, write)
     finally:
-        ended.cancel()
         if feeder is not None:
             feeder.cancel()
 
@@ -230,6 +267,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
     events = Lifecycle(bus, cid)
     await events.ready()
     pty_output = _listen_pty(mgr, cid) if tty else None
+    tee = tee_before_start(mgr, cid) if not tty else None
     conn = await hijack(request, RAW_STREAM if tty else MULTIPLEXED_STREAM)
     sink: asyncio.Future[None] | None = None
     try:
@@ -244,8 +282,10 @@ async def attach(request: web.Request) -> web.StreamResponse:
                     # The engine gives non-TTY containers /dev/null as stdin: drain the
                     # client's bytes so that its half-close is seen.
                     sink = asyncio.ensure_future(_discard(conn))
-                if opts.stdout or opts.stderr:
-                    await _copy_logs(mgr, cid, since_ns, opts, events, conn.write)
+                if tee is not None:
+                    await _copy_tee(tee, opts, events, conn.write)
+                elif opts.stdout or opts.stderr:
+                    await _follow_logs(mgr, cid, since_ns, opts, conn.write)
     except ConnectionResetError:
         log.debug("attach %s: the client went away", cid[:12])
     finally:
@@ -254,6 +294,8 @@ async def attach(request: web.Request) -> web.StreamResponse:
         if pty_output is not None:
             with contextlib.suppress(LookupError, Exception):
                 mgr.get(cid).listeners.discard(pty_output)
+        if tee is not None:
+            untee(mgr, cid, tee)
         await events.close()
         conn.close()
     return conn.response

@@ -308,3 +308,11 @@ def test_links_between_containers(daemon: Berthd) -> None:
                      "grep -w database /etc/hosts; ping -c 1 -W 5 database >/dev/null && "
                      "echo reachable")
     assert r.stdout.split()[0] == db_ip and r.stdout.strip().endswith("reachable")
+
+
+def test_run_rm_delivers_all_output(daemon: Berthd) -> None:
+    # --rm deletes the log at exit: the attach stream must not depend on reading it.
+    r = daemon.berth("run", "--rm", "busybox", "sh", "-c", "seq 1 100000; seq 1 3 >&2")
+    lines = r.stdout.splitlines()
+    assert len(lines) == 100000 and lines[-1] == "100000"
+    assert r.stderr.split() == ["1", "2", "3"]
