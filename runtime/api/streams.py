@@ -219,7 +219,9 @@ def _listen_pty(mgr: ContainerManager, cid: str) -> asyncio.Queue[bytes]:
     `ContainerManager.attach` only subscribes a running container; a `run -it`
     attaches before `start`, and the shell's first prompt must not be lost.
     """
-    q: asyncio.Queue[bytes] = asyncio.Queue(1024)
+    # Unbounded: the engine drops the oldest chunk of a full queue, and a terminal's
+    # output must arrive whole however slowly the client reads.
+    q: asyncio.Queue[bytes] = asyncio.Queue()
     mgr.get(cid).listeners.add(q)
     return q
 

@@ -127,6 +127,8 @@ class LogPump:
             if not chunk:
                 self.close()
                 return
+            if self.on_data is not None:
+                self.on_data(chunk)  # attached terminals get the last output too
             self._feed(chunk)
 
     def close(self) -> None:

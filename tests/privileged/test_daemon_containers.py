@@ -316,3 +316,9 @@ def test_run_rm_delivers_all_output(daemon: Berthd) -> None:
     lines = r.stdout.splitlines()
     assert len(lines) == 100000 and lines[-1] == "100000"
     assert r.stderr.split() == ["1", "2", "3"]
+
+
+def test_run_tty_delivers_all_output(daemon: Berthd) -> None:
+    r = daemon.berth("run", "--rm", "-t", "busybox", "seq", "1", "50000")
+    lines = r.stdout.splitlines()
+    assert len(lines) == 50000 and lines[-1] == "50000"
