@@ -69,7 +69,7 @@ def cmd_build(args: argparse.Namespace, ctx: Context) -> int:
         "nocache": args.no_cache, "target": args.target or None,
         "networkmode": args.network or None,
         "buildargs": json.dumps(_build_args(args.build_arg)) if args.build_arg else None,
-        "labels": json.dumps(parse_key_values(args.label, "label")) if args.label else None,
+        "labels": json.dumps(_labels(Path(args.path), args.label)),
     }
     image_id = ""
     with body:
@@ -89,6 +89,14 @@ def cmd_build(args: argparse.Namespace, ctx: Context) -> int:
     if args.iidfile and image_id:
         Path(args.iidfile).write_text(image_id)
     return 0
+
+
+def _labels(context: Path, items: list[str]) -> dict[str, str]:
+    """--label values over the repository and commit of the context's git checkout
+    (found by git here, where the .git may sit above the context) [build helper]."""
+    from runtime.build.provenance import git_source
+
+    return {**git_source(context), **parse_key_values(items, "label")}
 
 
 def _build_args(items: list[str]) -> dict[str, str | None]:

@@ -62,6 +62,14 @@ def test_build_labels_then_signed_provenance(setup: tuple[Berthd, str, Path, Net
     assert labels == {"org.opencontainers.image.source": REMOTE,
                       "org.opencontainers.image.revision": commit,
                       "dev.berth.dockerfile.digest": digest}
+    # A context below the repository's top: the CLI finds the checkout (berthd cannot).
+    sub = ctx / "services" / "api"
+    sub.mkdir(parents=True)
+    (sub / "Dockerfile").write_bytes(b"FROM busybox\nLABEL part=api\n")
+    d.berth("build", "-t", "api:1", str(sub), timeout=180)
+    api = json.loads(d.berth("inspect", "api:1").stdout)[0]["Config"]["Labels"]
+    assert api["org.opencontainers.image.revision"] == commit
+    assert api["org.opencontainers.image.source"] == REMOTE
     # --label wins over what the git checkout says.
     d.berth("build", "--label", "org.opencontainers.image.source=https://mirror/app.git",
             "-t", "other:1", str(ctx), timeout=180)
