@@ -179,10 +179,20 @@ class Notifier:
             return None
 
 
-async def _watchdog(notifier: Notifier, interval: float) -> None:
+async def _watchdog(notifier: Notifier, interval: float, backend: Backend) -> None:
+    """Pings from the event loop itself (a stuck loop misses them), with a fresh STATUS."""
     while True:
-        notifier.send("WATCHDOG=1")
+        notifier.send(f"WATCHDOG=1\nSTATUS={status_line(backend)}")
         await asyncio.sleep(interval)
+
+
+def status_line(backend: Backend) -> str:
+    """What `systemctl status berthd` shows: the daemon's load at a glance."""
+    mgr = backend.containers
+    if mgr is None:
+        return "Serving the API"
+    info = mgr.info()
+    return f"{info.running} running, {info.paused} paused, {info.stopped} stopped containers"
 
 
 def take_sockets(config: DaemonConfig) -> tuple[list[socket.socket], list[Path]]:
@@ -243,10 +253,11 @@ async def serve(config: DaemonConfig) -> None:
             log.info("listening on %s%s", listeners.describe(sock),
                      " (mutual TLS)" if tls else "")
         addresses = ", ".join(listeners.describe(s) for s in socks)
-        notifier.send(f"READY=1\nSTATUS=Listening on {addresses}\nMAINPID={os.getpid()}")
+        notifier.send(f"READY=1\nSTATUS=Listening on {addresses}; {status_line(backend)}\n"
+                      f"MAINPID={os.getpid()}")
         interval = notifier.watchdog_interval()
         if interval is not None:
-            watchdog = asyncio.create_task(_watchdog(notifier, interval))
+            watchdog = asyncio.create_task(_watchdog(notifier, interval, backend))
         log.info("berthd %s ready (data root %s, exec root %s)",
                  __version__, config.data_root, config.exec_root)
         await stop.wait()

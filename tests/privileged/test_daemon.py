@@ -150,6 +150,9 @@ def test_sd_notify_ready_watchdog_and_clean_stop(netns: NetNS, tmp_path: Path) -
                 messages.append(listener.recv(4096).decode())
             first = messages[0]
             assert "READY=1" in first and "STATUS=Listening on unix://" in first
+            assert "0 running" in first
+            assert any("STATUS=0 running, 0 paused, 0 stopped containers" in m
+                       for m in messages if "WATCHDOG=1" in m)
             # READY means it answers now, no polling needed.
             assert d.request("GET", "/_ping").body == b"OK"
             assert stop(d.proc, signal.SIGTERM) == 0
