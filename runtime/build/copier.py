@@ -164,10 +164,26 @@ class Stager:
         st = self.image.stat(dest)
         return st is not None and stat.S_ISDIR(st.st_mode)
 
+    def resolve_dest(self, dest: str) -> str:
+        """`dest` with the image's symlinks followed (inside the image), so that COPY into
+        /bin on a merged-/usr image writes /usr/bin and keeps the /bin symlink."""
+        dest = posixpath.normpath("/" + dest)
+        if dest == "/":
+            return dest
+        found = self.image.resolve(dest)
+        if found is not None:
+            return found[0]
+        head, tail = posixpath.split(dest)
+        return posixpath.join(self.resolve_dest(head), tail)
+
     def copy(self, sources: list[Source], dest: str, extract_tars: bool) -> None:
         into_dir = self.dest_is_dir(dest, sources) or any(
             s.inline is None and s.path.is_dir() and not s.path.is_symlink() for s in sources)
-        dest = posixpath.normpath(dest) if dest not in ("/", "") else "/"
+        if into_dir or self.image.resolve(dest, follow_last=False) is None:
+            dest = self.resolve_dest(dest)
+        else:  # an existing file or symlink is replaced, not written through
+            head, tail = posixpath.split(posixpath.normpath("/" + dest))
+            dest = posixpath.join(self.resolve_dest(head), tail)
         if into_dir:
             self.ensure_dir(dest, owned=True)
         else:

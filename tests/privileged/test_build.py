@@ -147,6 +147,8 @@ echo "from a heredoc" > /etc/heredoc
 readlink /proc/self/ns/net > /etc/netns-none
 EOF
 RUN --network=host readlink /proc/self/ns/net > /etc/netns-host
+RUN mkdir -p /usr/local/tools && ln -s /usr/local/tools /opt/tools
+COPY run.sh /opt/tools/
 ONBUILD RUN echo triggered > /tmp/onbuild
 USER nobody
 """)
@@ -162,6 +164,8 @@ USER nobody
     assert sh("cat /etc/motd") == "welcome \n"
     assert sh("pwd; ls") == "/work/deep\nmade-here\n"
     assert sh("cat /etc/heredoc") == "from a heredoc\n"
+    # COPY through a symlinked directory writes its target and keeps the link.
+    assert sh("readlink /opt/tools; ls /usr/local/tools") == "/usr/local/tools\nrun.sh\n"
     # RUN has no network unless asked; --network=host shares the daemon's namespace.
     daemon_ns = f"net:[{os.stat(netns.path).st_ino}]\n"
     assert sh("cat /etc/netns-host") == daemon_ns
