@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,10 +25,42 @@ MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
 _HIGH_WATER = 1 << 20
 
 
+def _tls_half_close(transport: Any) -> Callable[[], None] | None:
+    """Let a TLS connection keep sending after the client's close_notify.
+
+    The docker CLI half-closes a hijacked connection it has no stdin for; over
+    TLS that is a close_notify, on which asyncio's SSL layer shuts the whole
+    connection down, so `docker -H tcp://... run` would print nothing. OpenSSL
+    itself allows writing after receiving close_notify: skip the one shutdown
+    that the peer's EOF triggers (our own close still shuts down normally).
+    Returns the hook to call from eof_received, or None for a plain socket.
+    """
+    ssl_protocol = getattr(transport, "_ssl_protocol", None)
+    original = getattr(ssl_protocol, "_start_shutdown", None)
+    if ssl_protocol is None or original is None:
+        return None
+    skip = False
+
+    def start_shutdown() -> None:
+        nonlocal skip
+        if skip:
+            skip = False
+            return
+        original()
+
+    def on_peer_eof() -> None:
+        nonlocal skip
+        skip = True
+
+    ssl_protocol._start_shutdown = start_shutdown
+    return on_peer_eof
+
+
 class _RawProtocol(asyncio.Protocol):
     def __init__(self, transport: asyncio.Transport, previous: Any) -> None:
         self.transport = transport
         self.previous = previous
+        self.on_peer_eof = _tls_half_close(transport)
         self.reader = asyncio.StreamReader(limit=_HIGH_WATER)
         self.closed = asyncio.get_running_loop().create_future()
         self._paused = False
@@ -38,6 +71,9 @@ class _RawProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.reader.feed_eof()
+        if self.on_peer_eof is not None:
+            self.on_peer_eof()
+            return False  # asyncio's SSL layer ignores the return value (and warns)
         return True  # half-close: the client is done writing, not reading
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -209,3 +209,32 @@ def test_sigterm_ends_open_streams(netns: NetNS, tmp_path: Path) -> None:
             assert follower.wait(timeout=20) == 0
         finally:
             follower.kill()
+
+
+def test_containers_over_mtls(netns: NetNS) -> None:
+    """Remote management as a fleet operator does it: the docker CLI and berth over TCP."""
+    from tests.privileged.berthd import berth_workdir
+    from tests.privileged.images import import_busybox
+
+    with berth_workdir() as work:
+        certs = make_certs(work / "certs")
+        port = _port()
+        with start_berthd(netns, work, "-H", f"tcp://127.0.0.1:{port}",
+                          "--tlscacert", str(certs / "ca.pem"),
+                          "--tlscert", str(certs / "server-cert.pem"),
+                          "--tlskey", str(certs / "server-key.pem")) as d:
+            import_busybox(d.berth, work)
+            tls = ["--tlsverify", "--tlscacert", str(certs / "ca.pem"), "--tlscert",
+                   str(certs / "cert.pem"), "--tlskey", str(certs / "key.pem"),
+                   "-H", f"tcp://127.0.0.1:{port}"]
+            r = netns.run(DOCKER, *tls, "run", "--rm", "busybox", "echo", "over tls",
+                          check=False)
+            assert (r.returncode, r.stdout) == (0, "over tls\n"), r.stderr
+            r = netns.run(*BERTH, *tls, "run", "-d", "--name", "remote", "busybox",
+                          "sleep", "300", check=False)
+            assert r.returncode == 0, r.stderr
+            r = netns.run(DOCKER, *tls, "exec", "remote", "sh", "-c", "echo in; exit 2",
+                          check=False)
+            assert (r.returncode, r.stdout) == (2, "in\n"), r.stderr
+            r = netns.run(*BERTH, *tls, "logs", "remote", check=False)
+            assert r.returncode == 0
