@@ -163,6 +163,7 @@ USER nobody
     assert sh("stat -c '%u %s' /opt/pkg/README") == "1000 5\n"      # ADD extracted the tar
     assert sh("cat /etc/motd") == "welcome \n"
     assert sh("pwd; ls") == "/work/deep\nmade-here\n"
+    assert sh("stat -c %u made-here") == "0\n"  # RUN ran in a userns: ids shifted back
     assert sh("cat /etc/heredoc") == "from a heredoc\n"
     # COPY through a symlinked directory writes its target and keeps the link.
     assert sh("readlink /opt/tools; ls /usr/local/tools") == "/usr/local/tools\nrun.sh\n"
