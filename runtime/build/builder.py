@@ -64,6 +64,11 @@ from runtime.store.commit import (
 from runtime.store.images import ImageStore
 
 Emit = Callable[[str], Awaitable[None]]
+# BuildKit's automatic platform args: usable in FROM, and in a stage once declared
+# (`ARG TARGETARCH`). This builder makes linux/amd64 images on linux/amd64.
+AUTO_ARGS = {"TARGETPLATFORM": "linux/amd64", "TARGETOS": "linux", "TARGETARCH": "amd64",
+             "TARGETVARIANT": "", "BUILDPLATFORM": "linux/amd64", "BUILDOS": "linux",
+             "BUILDARCH": "amd64", "BUILDVARIANT": ""}
 RUNTIME_MOUNT_POINTS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/resolv.conf",
                         "/etc/hostname", "/etc")
 
@@ -118,7 +123,7 @@ class _Build:
                  emit: Emit) -> None:
         self.o, self.df, self.context, self.opts, self.emit = owner, df, context, opts, emit
         self.store = owner.store
-        self.meta: dict[str, str] = {}
+        self.meta: dict[str, str] = dict(AUTO_ARGS)
         self.used_args: set[str] = set()
         self.stage_images: dict[int, str | None] = {}
         self.bases: list[tuple[str, str]] = []
@@ -140,7 +145,8 @@ class _Build:
         for ins in self.df.meta_args:
             for name, default in self._arg_pairs(ins, {}):
                 self.used_args.add(name)
-                self.meta[name] = self.opts.build_args.get(name, default or "")
+                self.meta[name] = self.opts.build_args.get(
+                    name, default if default is not None else AUTO_ARGS.get(name, ""))
         # Like BuildKit, only the stages the target needs are built.
         stages = [self.df.stages[i] for i in sorted(self._needed(last))]
         extra = 1 if self.opts.labels else 0
@@ -202,13 +208,14 @@ class _Build:
         self.step += 1
         head = f"FROM {stage.base}" + (f" AS {stage.name}" if stage.name else "")
         await self.say(f"Step {self.step}/{self.total} : {head}\n")
-        if stage.platform:
-            await self.say(f" ---> note: --platform={stage.platform} ignored: this builder "
-                           f"makes linux/amd64 images\n")
         try:
             base = expand(stage.base, self.meta, self.df.escape)
+            platform = expand(stage.platform, self.meta, self.df.escape)
         except SubstitutionError as e:
             raise DockerfileError(self.df.file, stage.line, "FROM", str(e)) from None
+        if platform not in ("", "linux/amd64", "amd64"):
+            await self.say(f" ---> note: --platform={platform} ignored: this builder makes "
+                           f"linux/amd64 images\n")
         state = await asyncio.to_thread(self._base_state, stage, base)
         await self.say(f" ---> {_short(state.image_id) if state.image_id else 'scratch'}\n")
         if state.config.onbuild:

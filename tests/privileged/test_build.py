@@ -88,9 +88,10 @@ def test_build_run_then_cache_hits_and_misses(daemon: tuple[Berthd, Path]) -> No
 def test_multistage_copy_from_target_and_build_args(daemon: tuple[Berthd, Path]) -> None:
     d, ctx = daemon
     (ctx / "Dockerfile").write_text("""ARG BASE=busybox
-FROM ${BASE} AS builder
+FROM --platform=$BUILDPLATFORM ${BASE} AS builder
 ARG VERSION=0.0
-RUN mkdir /out && echo "v$VERSION" > /out/version && echo secret > /out/.hidden
+ARG TARGETARCH
+RUN mkdir /out && echo "v$VERSION $TARGETARCH" > /out/version && echo secret > /out/.hidden
 FROM scratch AS final
 COPY --from=builder /out/version /version
 COPY --from=0 /bin/busybox /bin/sh
@@ -101,8 +102,9 @@ FROM builder AS debug
 RUN echo debug > /out/debug
 """)
     out = build(d, ctx, "--target", "final", "--build-arg", "VERSION=2.1", "-t", "small:1")
-    assert "Step 10/10 : LABEL" in out and "echo debug" not in out  # stops at the target
-    assert d.berth("run", "--rm", "small:1").stdout == "v2.1\n"
+    assert "Step 11/11 : LABEL" in out and "echo debug" not in out  # stops at the target
+    assert "ignored" not in out  # $BUILDPLATFORM is linux/amd64: nothing to say
+    assert d.berth("run", "--rm", "small:1").stdout == "v2.1 amd64\n"
     # Only what was copied (the engine adds its mount points to the container, not the image).
     listing = set(d.berth("run", "--rm", "small:1", "ls /").stdout.split())
     assert listing - {"dev", "proc", "sys", "etc"} == {"bin", "version"}
@@ -111,7 +113,7 @@ RUN echo debug > /out/debug
     assert 3_000_000 < size < 5_000_000
     dbg = build(d, ctx, "-t", "dbg:1")
     assert d.berth("run", "--rm", "dbg:1", "cat", "/out/version", "/out/debug").stdout == \
-        "v0.0\ndebug\n"
+        "v0.0 amd64\ndebug\n"
     assert "[Warning]" not in dbg
 
 
