@@ -142,7 +142,7 @@ def _directives(lines: list[str], file: str) -> tuple[list[tuple[str, str]], int
 
 
 def parse(text: str, file: str = "Dockerfile") -> Dockerfile:
-    lines = text.replace("\r\n", "\n").split("\n")
+    lines = text.removeprefix("\ufeff").replace("\r\n", "\n").split("\n")  # editors' BOM
     directives, _ = _directives(lines, file)
     escape = dict(directives).get("escape", "\\")
     if escape not in ("\\", "`"):

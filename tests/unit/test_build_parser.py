@@ -115,8 +115,8 @@ def test_keywords_are_case_insensitive_and_tabs_separate() -> None:
     assert df.stages[0].instructions[0].args == "echo hi"
 
 
-def test_crlf_line_endings() -> None:
-    df = parse("FROM busybox\r\nRUN echo a \\\r\n  b\r\n")
+def test_crlf_line_endings_and_byte_order_mark() -> None:
+    df = parse("\ufeffFROM busybox\r\nRUN echo a \\\r\n  b\r\n")
     assert df.stages[0].instructions[0].args == "echo a   b"
 
 
