@@ -52,6 +52,7 @@ from runtime.build.parser import (
 )
 from runtime.build.view import LayerView
 from runtime.build.words import SubstitutionError, expand, words
+from runtime.container.errors import ContainerError
 from runtime.oci import ImageConfig, ImageNotFound
 from runtime.store.commit import (
     CommitError,
@@ -265,6 +266,13 @@ class _Build:
         except (CopyError, SubstitutionError, CommitError, ValueError) as e:
             if isinstance(e, DockerfileError):
                 raise
+            raise ins.error(str(e)) from None
+        except LookupError as e:
+            # The store lost an image this build stands on (an `image prune` meanwhile
+            # removes a step's image before the next one has it as a parent).
+            raise ins.error(f"{e}: an image this build made was removed meanwhile "
+                            f"(image prune?); build again") from None
+        except ContainerError as e:
             raise ins.error(str(e)) from None
 
     def _scope(self, st: _StageState) -> dict[str, str]:

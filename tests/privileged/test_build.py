@@ -194,6 +194,7 @@ USER nobody
     ("FROM notpulled:1\n", "Dockerfile:1: FROM: image 'notpulled:1' is not in the image store"),
     ("FROM busybox\nRUN [\"/no/such/binary\"]\n", "Dockerfile:2: RUN: "),
     ("FROM busybox\nWHAT now\n", "Dockerfile:2: WHAT: unknown instruction"),
+    ("FROM busybox\nUSER ghost\nRUN true\n", "Dockerfile:3: RUN: unable to find user ghost"),
     ("FROM busybox\nADD https://example.com/x.tgz /x\n",
      "Dockerfile:2: ADD: ADD https://example.com/x.tgz: remote URLs cannot be fetched"),
 ])
