@@ -129,6 +129,21 @@ def create_request(body: Mapping[str, Any], name: str | None,
         userns=False if hc.get("UsernsMode") == "host" else None)
 
 
+# HostConfig fields a client may set that berthd does not apply: said in the create
+# response's Warnings rather than dropped silently.
+_IGNORED_HOST_CONFIG = ("Ulimits", "ShmSize", "Init", "Devices", "DeviceRequests",
+                        "OomKillDisable", "OomScoreAdj", "CpusetCpus", "CpusetMems",
+                        "KernelMemory", "MemoryReservation", "Sysctls", "GroupAdd",
+                        "IpcMode", "PidMode", "UTSMode", "CgroupParent", "Runtime")
+
+
+def ignored_fields(body: Mapping[str, Any]) -> list[str]:
+    hc: Mapping[str, Any] = body.get("HostConfig") or {}
+    return [f"berthd does not apply HostConfig.{key}: it was ignored"
+            for key in _IGNORED_HOST_CONFIG
+            if hc.get(key) not in (None, "", 0, False, [], {}, "private")]
+
+
 # --- out ----------------------------------------------------------------------
 
 

@@ -66,7 +66,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     req = views.create_request(body, request.query.get("name") or None,
                                options_from_docker(body) if isinstance(body, dict) else {})
     rec = await mgr.create(req)
-    return web.json_response({"Id": rec.id, "Warnings": list(rec.warnings)}, status=201)
+    warnings = list(rec.warnings) + (views.ignored_fields(body) if isinstance(body, dict)
+                                     else [])
+    return web.json_response({"Id": rec.id, "Warnings": warnings}, status=201)
 
 
 async def start(request: web.Request) -> web.StreamResponse:

@@ -156,3 +156,15 @@ def test_stream_framing() -> None:
     assert parse_nanos("0", "until") is None
     with pytest.raises(BadRequest):
         parse_nanos("yesterday", "since")
+
+
+def test_host_config_fields_berthd_ignores_are_warned_about() -> None:
+    from runtime.api.container_views import ignored_fields
+
+    docker_cli_defaults = {"HostConfig": {"ShmSize": 0, "IpcMode": "", "OomKillDisable": False,
+                                          "Ulimits": None, "Sysctls": {}}}
+    assert ignored_fields(docker_cli_defaults) == []
+    warned = ignored_fields({"HostConfig": {"ShmSize": 1 << 20, "Init": True,
+                                            "Ulimits": [{"Name": "nofile"}]}})
+    assert [w.split()[4] for w in warned] == ["HostConfig.Ulimits:", "HostConfig.ShmSize:",
+                                             "HostConfig.Init:"]
