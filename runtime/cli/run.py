@@ -20,14 +20,30 @@ from runtime.client import Client, DaemonError, Response, quote_id
 RUN_FAILED = 125
 
 
-def create_container(client: Client, body: dict[str, Any], name: str | None) -> str:
+def pull_image(client: Client, image: str) -> None:
+    """Pull through the daemon, quietly; a failure raises DaemonError with its message."""
+    from runtime.cli.images import print_progress, split_ref
+
+    repo, tag = split_ref(image) if "@" not in image else (image, "")
+    print_progress(client.call("POST", "/images/create",
+                               {"fromImage": repo, "tag": tag or None}), quiet=True)
+
+
+def create_container(client: Client, body: dict[str, Any], name: str | None,
+                     pull: str = "missing") -> str:
+    """POST /containers/create; with --pull missing (Docker's default) a missing
+    image is pulled first, with --pull always it is pulled in any case."""
+    if pull == "always":
+        pull_image(client, body["Image"])
     try:
         created = client.post("/containers/create", {"name": name}, body)
     except DaemonError as e:
-        if e.status == 404 and "image" in e.message.lower():
-            raise DaemonError(e.status, f"{e.message} (load it first: berth load or "
-                                        "berth import)") from None
-        raise
+        if e.status != 404 or "image" not in e.message.lower() or pull == "never":
+            raise
+        streams.write_out(streams.STDERR,
+                          f"Unable to find image '{body['Image']}' locally\n".encode())
+        pull_image(client, body["Image"])
+        created = client.post("/containers/create", {"name": name}, body)
     for warning in created.get("Warnings") or []:
         streams.write_out(streams.STDERR, f"WARNING: {warning}\n".encode())
     return str(created["Id"])
@@ -64,7 +80,7 @@ def attach_and_wait(ctx: Context, cid: str, *, tty: bool, stdin: bool,
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     body = create_body(args)
     try:
-        cid = create_container(ctx.client, body, args.name)
+        cid = create_container(ctx.client, body, args.name, args.pull)
         if args.detach:
             ctx.client.post(f"/containers/{cid}/start")
             out(cid)
@@ -82,7 +98,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_create(args: argparse.Namespace, ctx: Context) -> int:
-    out(create_container(ctx.client, create_body(args), args.name))
+    out(create_container(ctx.client, create_body(args), args.name, args.pull))
     return 0
 
 

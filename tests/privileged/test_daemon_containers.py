@@ -52,7 +52,8 @@ def test_run_output_exit_codes_and_errors(daemon: Berthd) -> None:
     # --rm removed them both.
     assert daemon.berth("ps", "-aq").stdout == ""
 
-    missing = daemon.berth("run", "--rm", "nosuchimage", "true", check=False)
+    missing = daemon.berth("run", "--rm", "--pull", "never", "nosuchimage", "true",
+                           check=False)
     assert missing.returncode == 125
     assert "No such image: nosuchimage" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

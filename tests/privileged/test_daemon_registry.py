@@ -42,6 +42,12 @@ def test_berth_push_then_pull_and_run(setup: tuple[Berthd, str]) -> None:
     assert d.berth("inspect", "-f", "{{.Id}}", ref).stdout.strip() == image_id
     assert d.berth("run", "--rm", ref, "echo", "pulled").stdout == "pulled\n"
 
+    # `run` pulls an image it does not have, as docker run does.
+    d.berth("rmi", ref)
+    auto = d.berth("run", "--rm", ref, "echo", "auto-pulled")
+    assert auto.stdout == "auto-pulled\n"
+    assert auto.stderr.startswith(f"Unable to find image '{ref}' locally")
+
     missing = d.berth("pull", f"{registry}/team/nothere:1", check=False)
     assert missing.returncode == 1 and "nothere" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
