@@ -171,6 +171,13 @@ async def build(request: web.Request) -> web.StreamResponse:
             result = await builder.build(df, context, opts, emit)
         except (BuildFailed, DockerfileError) as e:
             await send({"errorDetail": {"message": str(e)}, "error": str(e)})
+        except (ClientGone, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            # The stream has started: a bug must still reach the client as a message.
+            log.exception("build failed unexpectedly")
+            msg = f"internal error in the builder: {type(e).__name__}: {e}"
+            await send({"errorDetail": {"message": msg}, "error": msg})
         else:
             done = dataclasses.replace(prov, base_images=result.base_images,
                                        finished=prov_mod.now_utc())

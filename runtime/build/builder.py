@@ -263,7 +263,7 @@ class _Build:
             await self.say(f"Step {self.step}/{self.total} : {ins.original}\n")
         try:
             await self._dispatch(stage, st, ins)
-        except (CopyError, SubstitutionError, CommitError, ValueError) as e:
+        except (CopyError, SubstitutionError, CommitError, ValueError, OSError) as e:
             if isinstance(e, DockerfileError):
                 raise
             raise ins.error(str(e)) from None
