@@ -26,9 +26,11 @@ from typing import Any
 from hostos.artifacts import ImageArtifacts, load_image
 from qemu.machine import Machine
 from runtime.run import run
-from tests.vm.conftest import ROOT
+from tests.vm.conftest import IMAGE_DIR, ROOT
 
-IMAGE_A = Path(os.environ.get("BERTH_UPDATE_IMAGE_A", ROOT / "build" / "image-upd-a"))
+# A is the image every VM test boots (version 0.1.0, pyproject's); B is a
+# second build of the same inputs with another version.
+IMAGE_A = Path(os.environ.get("BERTH_UPDATE_IMAGE_A", IMAGE_DIR))
 IMAGE_B = Path(os.environ.get("BERTH_UPDATE_IMAGE_B", ROOT / "build" / "image-b"))
 REPO_ADDR = "10.0.3.100"
 PROXY = """\
@@ -55,9 +57,14 @@ while True:
 
 
 def build(folder: Path, version: str) -> ImageArtifacts:
-    # Builds only if missing or stale (inputs hashed); queues on the build lock.
-    run([sys.executable, "-m", "hostos", "build", "--version", version, "--output", folder],
-        capture=False, cwd=ROOT, timeout=3600)
+    """The image in folder, built first if missing (like conftest's `image` fixture).
+
+    A present image is used as it is: `make test` rebuilds stale images
+    before the tests run, and a rebuild here would race other VM tests.
+    """
+    if not (folder / "berth.json").exists():
+        run([sys.executable, "-m", "hostos", "build", "--version", version,
+             "--output", folder], capture=False, cwd=ROOT, timeout=3600)
     return load_image(folder)
 
 
