@@ -74,11 +74,9 @@ def operating_system() -> str:
     return "Linux"
 
 
-def info_body(b: Backend, tasks: int = 0) -> dict[str, Any]:
-    """`GET /info` in Docker's shape; counts come from the engine and the store."""
+def info_body(b: Backend, engine: Any, images: int, tasks: int = 0) -> dict[str, Any]:
+    """`GET /info` in Docker's shape from the engine's EngineInfo and the image count."""
     info = b.info
-    engine = b.containers.info() if b.containers is not None else None
-    images = len(b.images.list_images()) if b.images is not None else 0
     missing = set(engine.cgroup_missing) if engine is not None else set()
     warnings = list(engine.warnings) if engine is not None else []
     if engine is None:
@@ -124,7 +122,12 @@ def info_body(b: Backend, tasks: int = 0) -> dict[str, Any]:
 async def system_info(request: web.Request) -> web.StreamResponse:
     b = backend(request)
     tasks = len(asyncio.all_tasks())  # the event loop's "goroutines"
-    return web.json_response(await asyncio.to_thread(info_body, b, tasks))
+    # The engine's state is read on the loop (it changes there); the store in a thread.
+    engine = b.containers.info() if b.containers is not None else None
+    images = 0
+    if b.images is not None:
+        images = len(await asyncio.to_thread(b.images.list_images))
+    return web.json_response(await asyncio.to_thread(info_body, b, engine, images, tasks))
 
 
 async def disk_usage(request: web.Request) -> web.StreamResponse:
@@ -134,17 +137,20 @@ async def disk_usage(request: web.Request) -> web.StreamResponse:
     b = backend(request)
     store, mgr = b.need("images"), b.need("containers")
 
+    # Records are read on the loop (the engine changes them there); sizes in a thread.
+    records = [(container_views.summary_json(rec), mgr.data_dir(rec.id) / "upper")
+               for rec in mgr.list(all=True)]
+    vols = volumes.usage(mgr)
+
     def collect() -> dict[str, Any]:
         images = [image_views.summary(store, rec) for rec in store.list_images()]
         containers = []
-        for rec in mgr.list(all=True):
-            doc = container_views.summary_json(rec)
-            upper = mgr.data_dir(rec.id) / "upper"
+        for doc, upper in records:
             doc["SizeRw"] = sum(p.stat().st_size for p in upper.rglob("*")
                                 if p.is_file() and not p.is_symlink())
             containers.append(doc)
         return {"LayersSize": sum(i["Size"] for i in images), "Images": images,
-                "Containers": containers, "Volumes": volumes.disk_usage(mgr),
+                "Containers": containers, "Volumes": volumes.sized(vols),
                 "BuildCache": []}
 
     return web.json_response(await asyncio.to_thread(collect))

@@ -132,9 +132,15 @@ async def prune(request: web.Request) -> web.StreamResponse:
     return web.json_response({"VolumesDeleted": deleted or None, "SpaceReclaimed": reclaimed})
 
 
-def disk_usage(mgr: ContainerManager) -> list[dict[str, Any]]:
+def usage(mgr: ContainerManager) -> list[tuple[VolumeInfo, int]]:
+    """Each volume with the number of containers using it (read on the event loop)."""
     used = users(mgr)
-    return [volume_json(v, len(used.get(str(v.mountpoint), []))) for v in mgr.volumes.list()]
+    return [(v, len(used.get(str(v.mountpoint), []))) for v in mgr.volumes.list()]
+
+
+def sized(vols: list[tuple[VolumeInfo, int]]) -> list[dict[str, Any]]:
+    """Their JSON with sizes (walks the volumes: call it in a worker thread)."""
+    return [volume_json(v, refs) for v, refs in vols]
 
 
 def add_routes(table: RouteTable) -> None:
