@@ -14,8 +14,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,17 @@ from runtime.api.routes import RouteTable
 
 _CHUNK = 1 << 20
 log = logging.getLogger("berth.build")
+
+
+# The work dirs of this daemon's running builds; any other build-* dir under
+# <data-root>/tmp was left by a daemon that died mid-build.
+_ACTIVE: set[Path] = set()
+
+
+def _sweep_stale(tmp_root: Path) -> None:
+    for d in tmp_root.glob("build-*"):
+        if d not in _ACTIVE:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class ClientGone(Exception):
@@ -135,7 +146,10 @@ async def build(request: web.Request) -> web.StreamResponse:
     bq = build_query(request)
     tmp_root = b.info.data_root / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="build-", dir=tmp_root))
+    await asyncio.to_thread(_sweep_stale, tmp_root)
+    work = tmp_root / f"build-{secrets.token_hex(8)}"
+    _ACTIVE.add(work)  # before it exists: another build's sweep may be running
+    work.mkdir(mode=0o700)
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
 
     async def send(doc: dict[str, Any]) -> None:
@@ -193,6 +207,7 @@ async def build(request: web.Request) -> web.StreamResponse:
         return resp
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)
+        _ACTIVE.discard(work)
     if not resp.prepared:
         await resp.prepare(request)
     with contextlib.suppress(ConnectionError):

@@ -54,7 +54,10 @@ def test_build_run_then_cache_hits_and_misses(daemon: tuple[Berthd, Path]) -> No
     d, ctx = daemon
     (ctx / "name.txt").write_text("world\n")
     (ctx / "Dockerfile").write_text(FIVE.format(marker="one"))
+    stale = d.data_root / "tmp" / "build-left-by-a-crash"
+    stale.mkdir(parents=True)
     first = build(d, ctx, "-t", "app:1", "-t", "app:latest")
+    assert not stale.exists()
     assert "Step 1/7 : FROM busybox" in first and "Successfully tagged app:1" in first
     assert not any(steps(first)[n] for n in range(2, 8))
     assert d.berth("run", "--rm", "app:1").stdout == "hello world\none\n"
