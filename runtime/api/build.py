@@ -180,7 +180,9 @@ async def build(request: web.Request) -> web.StreamResponse:
                             target=bq.target, no_cache=bq.no_cache,
                             labels=prov_mod.build_labels(user_labels, prov),
                             network=bq.network, quiet=bq.quiet)
-        builder = Builder(store, EngineRunner(manager), BuildCache(store.conn), work)
+        runner = EngineRunner(manager)
+        await runner.sweep()
+        builder = Builder(store, runner, BuildCache(store.conn), work)
         try:
             result = await builder.build(df, context, opts, emit)
         except (BuildFailed, DockerfileError) as e:

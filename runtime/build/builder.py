@@ -41,7 +41,7 @@ from runtime.build.copier import (
     parse_chown,
     view_sources,
 )
-from runtime.build.engine import RunRequest, StepRunner
+from runtime.build.engine import BUILD_LABEL, RunRequest, StepRunner
 from runtime.build.parser import (
     Dockerfile,
     DockerfileError,
@@ -373,7 +373,7 @@ class _Build:
             raise ins.error("cannot RUN in an empty (scratch) image: there is no shell")
         req = RunRequest(st.image_id, argv, (*st.config.env, *args_env), st.config.user,
                          st.config.working_dir, network,
-                         MappingProxyType({"dev.berth.build.step": str(ins.line)}))
+                         MappingProxyType({BUILD_LABEL: f"{self.df.file}:{ins.line}"}))
         async with self.o.runner.run(req, self.say) as outcome:
             if outcome.error:
                 raise ins.error(outcome.error)

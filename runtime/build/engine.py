@@ -44,11 +44,30 @@ class StepRunner(Protocol):
             RunOutcome]: ...
 
 
+BUILD_LABEL = "dev.berth.build.step"
+
+
 class EngineRunner:
     """StepRunner on berthd's ContainerManager."""
 
+    # RUN containers of this daemon's running builds; any other container with
+    # BUILD_LABEL was left by a daemon that died mid-build.
+    active: set[str] = set()
+
     def __init__(self, manager: Any) -> None:
         self.mgr = manager
+
+    async def sweep(self) -> list[str]:
+        """Remove RUN containers that no running build owns (a crash's leftovers)."""
+        from runtime.container.errors import ContainerError
+
+        gone = []
+        for rec in self.mgr.list(all=True, filters={"label": [BUILD_LABEL]}):
+            if rec.id not in self.active:
+                with contextlib.suppress(ContainerError):
+                    await self.mgr.remove(rec.id, force=True, volumes=True)
+                    gone.append(rec.id)
+        return gone
 
     @contextlib.asynccontextmanager
     async def run(self, req: RunRequest, output: Output) -> AsyncIterator[RunOutcome]:
@@ -59,7 +78,8 @@ class EngineRunner:
         rec = await self.mgr.create(CreateRequest(
             image=req.image_id, cmd=req.argv, entrypoint=(), env=req.env, user=req.user,
             working_dir=req.working_dir, network_mode=req.network,
-            labels=MappingProxyType(dict(req.labels))))
+            labels=MappingProxyType({BUILD_LABEL: "", **req.labels})))
+        self.active.add(rec.id)
         try:
             await output(f" ---> Running in {rec.id[:12]}\n")
             error, code = "", -1
@@ -76,4 +96,5 @@ class EngineRunner:
         finally:
             with contextlib.suppress(ContainerError):
                 await self.mgr.remove(rec.id, force=True, volumes=True)
+            self.active.discard(rec.id)
             await output(f" ---> Removed intermediate container {rec.id[:12]}\n")

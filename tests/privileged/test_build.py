@@ -7,13 +7,15 @@ import io
 import json
 import os
 import re
+import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.privileged.berthd import Berthd, berth_workdir, start_berthd
+from tests.privileged.berthd import BERTH, ROOT, Berthd, berth_workdir, start_berthd
 from tests.privileged.conftest import NetNS
 from tests.privileged.images import import_busybox
 
@@ -223,3 +225,28 @@ def test_bad_tag_is_refused_before_anything_runs(daemon: tuple[Berthd, Path]) ->
     assert r.returncode == 1 and "invalid tag 'Bad Tag'" in r.stderr
     assert "ran" not in r.stdout and "Step 1" not in r.stdout
     assert d.berth("images", "-q", "good").stdout == ""
+
+
+def test_a_daemon_crash_mid_build_leaves_nothing_after_the_next_build(netns: NetNS) -> None:
+    with berth_workdir() as work:
+        ctx = work / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text("FROM busybox\nRUN sleep 60\n")
+        with start_berthd(netns, work) as d:
+            import_busybox(d.berth, work)
+            client = subprocess.Popen([*BERTH, "-H", d.host, "build", str(ctx)], cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while not d.berth("ps", "-q").stdout.strip():
+                assert time.monotonic() < deadline, "the RUN container never started"
+                time.sleep(0.2)
+            d.proc.kill()  # berthd dies in the middle of the RUN step
+            d.proc.wait()
+            client.wait(timeout=30)
+        with start_berthd(netns, work) as d:
+            assert d.berth("ps", "-aq").stdout.strip()  # the step's container, re-adopted
+            assert list((d.data_root / "tmp").glob("build-*"))
+            (ctx / "Dockerfile").write_text("FROM busybox\nRUN true\n")
+            build(d, ctx, "-t", "after:1")
+            assert d.berth("ps", "-aq").stdout == ""
+            assert not list((d.data_root / "tmp").glob("build-*"))
