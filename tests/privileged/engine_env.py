@@ -11,9 +11,11 @@ container could have left behind: mounts, cgroups, netns files, FIFOs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +29,7 @@ from runtime.events import EventBus
 from runtime.logs import LogOptions
 from runtime.store.archive import import_rootfs
 from runtime.store.images import ImageStore
-from runtime.sys import Namespace
+from runtime.sys import Namespace, Umount
 from runtime.sys.libc import LibcSys
 from tests.privileged.conftest import NetNS
 from tests.privileged.images import busybox_rootfs_tar
@@ -91,7 +93,8 @@ def engine_env(netns: NetNS, tmp_path: Path) -> Iterator[EngineEnv]:
         os.close(own)
         os.close(target)
         for m in reversed(mountinfo_under(root, exec_root)):
-            os.system(f"umount -l {m.split()[4]} 2>/dev/null")
+            with contextlib.suppress(OSError):
+                sys.umount(m.split()[4], Umount.DETACH)
         if cgroup_root.is_dir():
             for p in cgroup_root.iterdir():
                 if p.is_dir():
@@ -101,8 +104,6 @@ def engine_env(netns: NetNS, tmp_path: Path) -> Iterator[EngineEnv]:
                             p.rmdir()
                             break
                         except OSError:
-                            import time
-
                             time.sleep(0.01)
             cgroup_root.rmdir()
         shutil.rmtree(exec_root, ignore_errors=True)

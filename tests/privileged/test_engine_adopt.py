@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,8 +91,6 @@ def test_kill_9_of_the_daemon_then_readoption(env: EngineEnv) -> None:
         for _ in range(200):
             if not Path(f"/proc/{pid}").exists():
                 break
-            import time
-
             time.sleep(0.01)
     assert all(Path(f"/proc/{pids[f'idle{i}']}").exists() for i in range(IDLE))
 
