@@ -51,6 +51,12 @@ RUN test ! -e /big.bin && echo "built in $MODE"
 FROM base AS unused
 RUN exit 1
 FROM base
+EXPOSE 8080/tcp 53/udp
+VOLUME /data
+STOPSIGNAL SIGQUIT
+HEALTHCHECK --interval=30s --timeout=3s --retries=2 CMD app || exit 1
+SHELL ["/bin/sh", "-ec"]
+ONBUILD RUN echo child
 CMD ["app"]
 """)
     iid = d.data_root / "iid"
@@ -64,6 +70,13 @@ CMD ["app"]
     info = json.loads(docker(d, "image", "inspect", "web:1").stdout)[0]
     assert info["Id"] == iid.read_text()
     assert info["Config"]["Labels"]["team"] == "core"
+    cfg = info["Config"]
+    assert set(cfg["ExposedPorts"]) == {"8080/tcp", "53/udp"}
+    assert set(cfg["Volumes"]) == {"/data"} and cfg["StopSignal"] == "SIGQUIT"
+    assert cfg["Healthcheck"]["Test"] == ["CMD-SHELL", "app || exit 1"]
+    assert cfg["Healthcheck"]["Interval"] == 30 * 10**9 and cfg["Healthcheck"]["Retries"] == 2
+    assert cfg["Shell"] == ["/bin/sh", "-ec"] and cfg["OnBuild"] == ["RUN echo child"]
+    assert cfg["Env"][-1] == "MODE=prod" and cfg["Cmd"] == ["app"]
     assert info["Config"]["Labels"]["dev.berth.dockerfile.digest"].startswith("sha256:")
 
     again = docker(d, "build", "-q", "-f", str(ctx / "Dockerfile.custom"), "--build-arg",
