@@ -113,6 +113,14 @@ def default_profile_bpf(caps: tuple[int, ...]) -> bytes:
     """Docker's default profile for a container with these capabilities, as BPF."""
     sc: Any = _binding()
     f = sc.SyscallFilter(defaction=sc.ERRNO(errno.EPERM))
+    # As moby: the compat ABIs of the native architecture get the same rules.
+    import platform
+
+    for arch in {"x86_64": ("X86", "X32"), "aarch64": ("ARM",)}.get(platform.machine(), ()):
+        try:
+            f.add_arch(getattr(sc.Arch, arch))
+        except (ValueError, RuntimeError, OSError, AttributeError):
+            log.debug("seccomp: architecture %s not supported by libseccomp here", arch)
     allowed = set(DEFAULT_ALLOW)
     for cap, calls in CAP_GATED.items():
         if cap in caps:
