@@ -41,13 +41,21 @@ def _has_tag(image: str) -> bool:
     return ":" in image.rsplit("/", 1)[-1]
 
 
-async def json_stream(request: web.Request,
-                      docs: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
-    """Docker's progress stream: one JSON object per line, errors in-band at the end."""
+async def json_stream(request: web.Request, docs: AsyncIterator[dict[str, Any]],
+                      event: tuple[str, str] | None = None) -> web.StreamResponse:
+    """Docker's progress stream: one JSON object per line, errors in-band at the end.
+
+    `event` (action, image name) is published if the stream ended without an error.
+    """
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
+    failed = False
     async for doc in docs:
+        failed = failed or bool(doc.get("error") or doc.get("errorDetail"))
         await resp.write(json.dumps(doc).encode() + b"\r\n")
+    if event is not None and not failed:
+        action, name = event
+        backend(request).publish("image", action, name, {"name": name})
     await resp.write_eof()
     return resp
 
@@ -57,7 +65,8 @@ async def push_image(request: web.Request) -> web.StreamResponse:
     tag = request.query.get("tag", "")
     ref = f"{name}:{tag}" if tag and not _has_tag(name) else name
     service = backend(request).need("puller")
-    return await json_stream(request, service.push(ref, registry_auth(request)))
+    return await json_stream(request, service.push(ref, registry_auth(request)),
+                             event=("push", ref))
 
 
 def store_of(request: web.Request) -> ImageStore:
@@ -188,7 +197,8 @@ async def create_image(request: web.Request) -> web.StreamResponse:
         ref = image if not want or "@" in image or _has_tag(image) else \
             f"{image}{'@' if want.startswith('sha256:') else ':'}{want}"
         service = backend(request).need("puller")
-        return await json_stream(request, service.pull(ref, registry_auth(request)))
+        return await json_stream(request, service.pull(ref, registry_auth(request)),
+                                 event=("pull", ref))
     if q.get("fromSrc") != "-":
         raise BadRequest("give fromSrc=- (a rootfs tar in the body) or fromImage")
     store = store_of(request)

@@ -4,6 +4,7 @@ real docker-registry running in the test's network namespace."""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -38,8 +39,12 @@ def test_berth_push_then_pull_and_run(setup: tuple[Berthd, str]) -> None:
     d.berth("rmi", ref, "busybox")
     assert d.berth("images", "-q").stdout == ""
 
+    since = str(int(time.time()) - 1)
     d.berth("pull", ref)
     assert d.berth("inspect", "-f", "{{.Id}}", ref).stdout.strip() == image_id
+    pulled = d.berth("events", "--since", since, "--until", str(int(time.time()) + 1),
+                     "--filter", "type=image", "--filter", "event=pull").stdout
+    assert f"image pull {ref}" in pulled
     assert d.berth("run", "--rm", ref, "echo", "pulled").stdout == "pulled\n"
 
     # `run` pulls an image it does not have, as docker run does.
