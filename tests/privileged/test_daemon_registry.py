@@ -74,3 +74,21 @@ def test_docker_cli_pull_and_push_through_berthd(setup: tuple[Berthd, str]) -> N
     pull = docker("pull", ref)
     assert pull.returncode == 0, pull.stderr
     assert ref in docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+
+
+def test_docker_sdk_pull_and_push_through_berthd(setup: tuple[Berthd, str]) -> None:
+    import docker
+
+    d, registry = setup
+    client = docker.DockerClient(base_url=d.host, version="auto")
+    try:
+        image = client.images.get("busybox")
+        repo = f"{registry}/sdk/bb"
+        assert image.tag(repo, "3")
+        lines = list(client.images.push(repo, "3", stream=True, decode=True))
+        assert not [x for x in lines if "error" in x], lines
+        client.images.remove(f"{repo}:3")
+        pulled = client.images.pull(repo, "3")
+        assert pulled.id == image.id and f"{repo}:3" in pulled.tags
+    finally:
+        client.close()
