@@ -252,9 +252,21 @@ async def _feed_fd(conn: Hijacked, fd: int | None) -> None:
             data = data[n:]
 
 
-async def _discard(conn: Hijacked) -> None:
-    while await conn.reader.read(65536):
-        pass
+async def _feed_stdin(mgr: ContainerManager, cid: str, conn: Hijacked,
+                      close_at_eof: bool) -> None:
+    """Client bytes to a `-i` container's stdin pipe; at the client's EOF the container
+    reads EOF too when the attach began before the start (`run -i`: Docker's StdinOnce).
+    Without a stdin pipe the bytes are read and dropped, so the half-close is seen."""
+    fd = mgr.stdin_fd(cid)
+    if fd is None:
+        while await conn.reader.read(65536):
+            pass
+        return
+    os.set_blocking(fd, False)  # a full pipe must not block the event loop
+    await _feed_fd(conn, fd)
+    if close_at_eof:
+        with contextlib.suppress(LookupError, OSError):
+            mgr.close_stdin(cid)
 
 
 @streaming
@@ -281,9 +293,8 @@ async def attach(request: web.Request) -> web.StreamResponse:
                 await _copy_pty(mgr, cid, pty_output, events, conn.write, conn, stdin)
             else:
                 if stdin:
-                    # The engine gives non-TTY containers /dev/null as stdin: drain the
-                    # client's bytes so that its half-close is seen.
-                    sink = asyncio.ensure_future(_discard(conn))
+                    sink = asyncio.ensure_future(
+                        _feed_stdin(mgr, cid, conn, close_at_eof=tee is not None))
                 if tee is not None:
                     await _copy_tee(tee, opts, events, conn.write)
                 elif opts.stdout or opts.stderr:

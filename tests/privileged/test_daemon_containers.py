@@ -323,3 +323,10 @@ def test_run_tty_delivers_all_output(daemon: Berthd) -> None:
     r = daemon.berth("run", "--rm", "-t", "busybox", "seq", "1", "50000")
     lines = r.stdout.splitlines()
     assert len(lines) == 50000 and lines[-1] == "50000"
+
+
+def test_run_interactive_without_tty_pipes_stdin(daemon: Berthd) -> None:
+    data = "".join(f"{i}\n" for i in range(20000))
+    r = daemon.berth("run", "-i", "--rm", "busybox", "sh", "-c", "wc -l; echo done",
+                     input=data)
+    assert r.stdout.split() == ["20000", "done"]

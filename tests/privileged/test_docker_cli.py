@@ -74,6 +74,9 @@ def test_docker_cli_session(docker: DockerCLI) -> None:
     ex = docker("exec", "web", "sh", "-c", "echo $WHO; exit 3", check=False)
     assert (ex.returncode, ex.stdout) == (3, "docker\n")
 
+    piped = docker("run", "-i", "--rm", "busybox", "tr", "a-z", "A-Z", input="shout\n")
+    assert piped.stdout == "SHOUT\n"
+
     info = json.loads(docker("inspect", "web").stdout)[0]
     assert info["Id"] == cid and info["State"]["Status"] == "running"
     assert info["Config"]["Image"] == "busybox"
