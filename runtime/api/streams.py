@@ -16,7 +16,7 @@ import struct
 import termios
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -116,6 +116,17 @@ class Lifecycle:
         with contextlib.suppress(BaseException):
             await self._next
         await self._events.aclose()
+
+
+async def _until_client_leaves(conn: Hijacked, waiting: Awaitable[bool]) -> bool:
+    """`waiting`'s result, or False if the client hangs up first (a `start -a` given up)."""
+    task = asyncio.ensure_future(waiting)
+    gone: asyncio.Future[Any] = conn.closed
+    await asyncio.wait([task, gone], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        return task.result()
+    task.cancel()
+    return False
 
 
 async def _wait_started(mgr: ContainerManager, events: Lifecycle, cid: str) -> bool:
@@ -288,7 +299,8 @@ async def attach(request: web.Request) -> web.StreamResponse:
         if query_bool(request, "logs"):
             async for e in mgr.logs(cid, LogOptions(stdout=opts.stdout, stderr=opts.stderr)):
                 await conn.write(encode_entry(e, tty, False))
-        if query_bool(request, "stream") and await _wait_started(mgr, events, cid):
+        if query_bool(request, "stream") and await _until_client_leaves(
+                conn, _wait_started(mgr, events, cid)):
             if pty_output is not None:
                 await _copy_pty(mgr, cid, pty_output, events, conn.write, conn, stdin)
             else:
