@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from runtime.container.errors import Conflict
 from runtime.container.kill import KILL_GRACE, send
-from runtime.container.start import teardown_run
+from runtime.container.start import settle, teardown_run
 from runtime.container.state import Status
 from runtime.store import containers as records
 from runtime.volumes import VolumeError
@@ -35,9 +35,9 @@ async def remove(mgr: ContainerManager, c: Container, force: bool, volumes: bool
         send(c, 9)
         await asyncio.wait_for(c.stopped.wait(), KILL_GRACE)
     mgr.save(c, status=Status.REMOVING)
+    await settle(c)
     await teardown_run(mgr, c)
     c.log.remove()
-    shutil.rmtree(mgr.data_dir(c.id), ignore_errors=True)
     if volumes:
         for name in c.record.anonymous_volumes:
             try:
@@ -48,5 +48,9 @@ async def remove(mgr: ContainerManager, c: Container, force: bool, volumes: bool
     mgr.containers.pop(c.id, None)
     for exec_id in [e for e, s in mgr.execs.items() if s.container_id == c.id]:
         del mgr.execs[exec_id]
+    # The record is gone (a crash from here on leaves only an orphaned dir under
+    # containers/, which no id names); deleting the upper dir (many rmdir/unlink)
+    # runs off the event loop.
+    await asyncio.to_thread(shutil.rmtree, mgr.data_dir(c.id), True)
     c.removed.set()
     mgr.publish(c, "destroy")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import signal
 import termios
@@ -79,6 +80,8 @@ def _read(path: str) -> str:
 
 def child_main(plan: ChildPlan, fds: ChildFds, sys: Sys) -> NoReturn:
     """Never returns: execs the command or exits EXIT_INIT_FAILED after reporting."""
+    # A collection here would walk (and so copy-on-write) the daemon's whole heap.
+    gc.disable()
     try:
         _setup(plan, fds, sys)
     except BaseException as e:

@@ -111,6 +111,7 @@ class Container:
     next_exit: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     restart_task: asyncio.Task[None] | None = None
+    teardown: asyncio.Task[None] | None = None   # the last run's teardown, if still going
     oom_at_start: int = 0
     consecutive_restarts: int = 0
     is_child: bool = True

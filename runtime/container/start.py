@@ -113,6 +113,7 @@ def exit_code_for(error: str) -> int:
 
 
 async def start(mgr: ContainerManager, c: Container) -> None:
+    await settle(c)
     status = c.state.status
     if status.has_process:
         raise NotModified(f"container {c.id} is already running")
@@ -317,19 +318,36 @@ def on_exit(mgr: ContainerManager, c: Container) -> None:
     if oom:
         mgr.publish(c, "oom")
     mgr.publish(c, "die", exitCode=str(exit_code))
-    mgr.spawn_task(_after_exit(mgr, c, restart, ran))
-
-
-async def _after_exit(mgr: ContainerManager, c: Container, restart: bool, ran: float) -> None:
-    await teardown_run(mgr, c)
-    if not restart:
-        c.stopped.set()
-        _signal_exit(c)
-        if c.record.request.auto_remove:
-            from runtime.container import delete
-
-            await delete.remove(mgr, c, force=True, volumes=True)
+    if restart:
+        mgr.spawn_task(_after_exit(mgr, c, ran))
         return
+    # Waiters learn of the exit now, not after the teardown (~10 ms of umount, rmdir):
+    # the next start or rm of this container awaits `settle()` first.
+    c.stopped.set()
+    _signal_exit(c)
+    c.teardown = mgr.spawn_task(_teardown_soon(mgr, c))
+    if c.record.request.auto_remove:
+        from runtime.container import delete
+
+        mgr.spawn_task(delete.remove(mgr, c, force=True, volumes=True))
+
+
+async def _teardown_soon(mgr: ContainerManager, c: Container) -> None:
+    await asyncio.sleep(0)  # the woken waiters answer their clients first
+    await teardown_run(mgr, c)
+
+
+async def settle(c: Container) -> None:
+    """Wait for the teardown of the last run, if one is still going on."""
+    task = c.teardown
+    if task is not None:
+        c.teardown = None
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+
+async def _after_exit(mgr: ContainerManager, c: Container, ran: float) -> None:
+    await teardown_run(mgr, c)
     _signal_exit(c)
     if ran > restart_mod.RESET_AFTER:
         c.consecutive_restarts = 0
