@@ -35,10 +35,12 @@ from runtime.oci import (
     image_config_from_json,
 )
 from runtime.registry.reference import InvalidReference, parse, try_parse
+from runtime.store import removal
 from runtime.store.blobs import BlobStore
 from runtime.store.db import open_db, schema, transaction
 from runtime.store.extract import ExtractLimits
 from runtime.store.layers import LayerStore
+from runtime.store.removal import ImageConflict as ImageConflict
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS images (
@@ -92,12 +94,20 @@ class NoUsers:
         return ()
 
 
-class ImageConflict(RuntimeError):
-    """Docker's 409: the image cannot be removed as asked."""
+class ImageHold:
+    """The images one running build stands on (its bases, steps and cache hits)."""
 
-    def __init__(self, ref: str, why: str) -> None:
-        self.ref = ref
-        super().__init__(f"conflict: unable to delete {ref} {why}")
+    def __init__(self, name: str, lock: threading.RLock) -> None:
+        self.name = name
+        self._lock = lock
+        self._ids: set[str] = set()
+
+    def add(self, image_id: str) -> None:
+        with self._lock:
+            self._ids.add(image_id)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._ids
 
 
 class AmbiguousImage(LookupError):
@@ -157,6 +167,7 @@ class ImageStore:
         self._configs: dict[str, dict[str, Any]] = {}
         self._sizes: dict[str, int] = {}
         self._schemas: set[str] = set()
+        self._holds: list[ImageHold] = []
         # Other record owners (signatures) name blobs they keep alive.
         self.blob_roots: list[Callable[[], Collection[str]]] = []
         # Leftovers of a crash. (One ImageStore per data root: berthd's.)
@@ -248,14 +259,16 @@ class ImageStore:
     def list_images(self, filters: ImageFilters | None = None) -> list[ImageRecord]:
         f = filters or ImageFilters()
         out = []
+        parents = {str(r[0]) for r in self.conn.execute("SELECT DISTINCT parent FROM images")}
         for row in self.conn.execute("SELECT id FROM images ORDER BY added DESC").fetchall():
             rec = self._record(str(row[0]))
             if f.dangling is not None and rec.dangling != f.dangling:
                 continue
             # Docker hides a build's intermediate images (untagged, with a child) unless
-            # asked for all (`images -a`); prune keeps them while a child needs them.
-            if not f.include_intermediate and rec.dangling and self._row(
-                    "SELECT 1 FROM images WHERE parent=? LIMIT 1", rec.id) is not None:
+            # asked for all (`images -a`); `dangling=true` means heads only, even with -a
+            # (they are what prune removes, each with its chain).
+            if rec.dangling and rec.id in parents and (not f.include_intermediate
+                                                       or f.dangling is True):
                 continue
             if f.labels and not self._labels_match(rec.id, f.labels):
                 continue
@@ -406,91 +419,49 @@ class ImageStore:
             self.conn.execute("INSERT OR REPLACE INTO image_repo_digests VALUES (?,?,?)",
                               (repo, digest, image_id))
 
-    def remove(self, ref: str, *, force: bool = False) -> list[dict[str, str]]:
-        """Docker's `rmi`: untag, then delete the image if nothing else refers to it.
+    def remove(self, ref: str, *, force: bool = False, prune: bool = True) -> list[dict[str, str]]:
+        """Docker's `rmi`: untag, then delete the image (and, with `prune`, its
+        untagged parents) once nothing names or uses it; see removal.py.
 
         Returns Docker's list of {"Untagged": ...} / {"Deleted": ...}. An image
         a container uses is never deleted (its layers are the container's
         lowerdirs): with force it is only untagged and left dangling.
         """
-        iid = self.lookup(ref)
-        rec = self._record(iid)
-        users = self.users.containers_using(iid)
-        r = try_parse(ref)
-        by_tag = r is not None and not r.digest and r.tagged in rec.tags
-        by_digest = r is not None and bool(r.digest) and f"{r.name}@{r.digest}" in \
-            rec.repo_digests
-        out: list[dict[str, str]] = []
-        with self.lock:
-            if by_tag and r is not None:
-                untag = [r.tagged]
-                if len(rec.tags) == 1:
-                    untag += [f"{rd}" for rd in rec.repo_digests]
-            elif by_digest and r is not None:
-                untag = [f"{r.name}@{r.digest}"]
-            else:
-                repos = {t.rsplit(":", 1)[0] for t in rec.tags}
-                if len(repos) > 1 and not force:
-                    raise ImageConflict(ref, "(must be forced) - image is referenced in "
-                                        "multiple repositories")
-                if users and not force:
-                    raise ImageConflict(ref, f"(must be forced) - image is being used by "
-                                        f"container {users[0][:12]}")
-                untag = [*rec.tags, *rec.repo_digests]
-            with transaction(self.conn):
-                for name in untag:
-                    if "@" in name:
-                        repo, digest = name.split("@", 1)
-                        self.conn.execute("DELETE FROM image_repo_digests WHERE repo=? AND "
-                                          "digest=?", (repo, digest))
-                    else:
-                        self.conn.execute("DELETE FROM image_tags WHERE name=?", (name,))
-            out += [{"Untagged": _familiar(n)} for n in untag]
-            left = self._record(iid)
-            if left.tags or ((by_tag or by_digest) and left.repo_digests) or users:
-                return out
-            out += self._delete(iid)
-        return out
+        return removal.remove(self, ref, force=force, prune=prune)
 
     def prune(self, *, all_images: bool = False,
               filters: ImageFilters | None = None) -> dict[str, Any]:
-        """Delete dangling images (all unused ones with all_images) nothing uses."""
-        deleted: list[dict[str, str]] = []
-        reclaimed = 0
-        f = filters or ImageFilters()
-        for rec in self.list_images(ImageFilters(labels=f.labels,
-                                                 created_before=f.created_before)):
-            if not (all_images or rec.dangling) or self.users.containers_using(rec.id):
-                continue
-            with self.lock:
-                deleted += [{"Untagged": _familiar(t)} for t in (*rec.tags, *rec.repo_digests)]
-                with transaction(self.conn):
-                    self.conn.execute("DELETE FROM image_tags WHERE image_id=?", (rec.id,))
-                    self.conn.execute("DELETE FROM image_repo_digests WHERE image_id=?",
-                                      (rec.id,))
-                before = self._disk_bytes()
-                deleted += self._delete(rec.id)
-                reclaimed += max(0, before - self._disk_bytes())
-        self.sweep_layers()
-        reclaimed += self.sweep_blobs()
-        reclaimed += self.blobs.sweep_ingest(partial_max_age=PARTIAL_MAX_AGE)
-        return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
+        """Delete dangling images and their parent chains (all unused ones with
+        all_images) that no container or running build uses."""
+        result = removal.prune(self, all_images=all_images, filters=filters or ImageFilters())
+        result["SpaceReclaimed"] += self.blobs.sweep_ingest(partial_max_age=PARTIAL_MAX_AGE)
+        return result
 
-    def _delete(self, iid: str) -> list[dict[str, str]]:
-        """Delete an untagged image, its layers and blobs that no other image uses."""
-        rec = self._record(iid)
-        with transaction(self.conn):
-            self.conn.execute("DELETE FROM images WHERE id=?", (iid,))
-            orphans = [str(r[0]) for r in self.conn.execute(
-                "SELECT diff_id FROM layers WHERE diff_id NOT IN "
-                "(SELECT diff_id FROM image_layers)").fetchall()]
-            self.conn.execute("DELETE FROM layers WHERE diff_id NOT IN "
-                              "(SELECT diff_id FROM image_layers)")
-        self._configs.pop(iid, None)
-        for diff in orphans:
-            self.layers.remove(diff)
-        self._drop_unreferenced({rec.manifest_digest, rec.id, *rec.layer_blobs})
-        return [{"Deleted": iid}]
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[ImageHold]:
+        """Register a running build: the images it adds to the hold stay until it ends.
+
+        Add an image under `self.lock` in the same section that creates it, so no
+        prune can come between the two."""
+        h = ImageHold(name, self.lock)
+        with self.lock:
+            self._holds.append(h)
+        try:
+            yield h
+        finally:
+            with self.lock:
+                self._holds.remove(h)
+
+    def builds_using(self, image_id: str) -> list[str]:
+        with self.lock:
+            return [h.name for h in self._holds if image_id in h]
+
+    def forget(self, image_id: str) -> None:
+        """Drop cached state of a deleted image."""
+        self._configs.pop(image_id, None)
+
+    def drop_unreferenced(self, blobs: Iterable[str]) -> None:
+        self._drop_unreferenced(blobs)
 
     def _drop_unreferenced(self, blobs: Iterable[str]) -> None:
         with self.lock:
@@ -515,7 +486,7 @@ class ImageStore:
                     self.blobs.delete(blob)
         return freed
 
-    def _disk_bytes(self) -> int:
+    def disk_bytes(self) -> int:
         row = self._row("SELECT COALESCE(SUM(size),0) FROM layers")
         blob_bytes = sum(p.stat().st_size for p in self.blobs.dir.iterdir())
         return int(row[0] if row else 0) + blob_bytes

@@ -17,7 +17,7 @@ from runtime.oci import Descriptor, ImageNotFound, Manifest, sha256_digest
 from runtime.store import views
 from runtime.store.archive import ArchiveError, apply_changes, import_rootfs, load, save
 from runtime.store.blobs import BlobStore, DigestMismatch
-from runtime.store.commit import IdShift, commit_layer, create_image
+from runtime.store.commit import HistoryEntry, IdShift, commit_layer, create_image
 from runtime.store.images import ImageConflict, ImageFilters, ImageStore, created_unix
 
 
@@ -328,3 +328,102 @@ def test_layers_and_blobs_are_private(store: ImageStore) -> None:
     imported(store)
     assert stat.S_IMODE(store.layers.dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(store.blobs.root.stat().st_mode) == 0o700
+
+
+def chain(store: ImageStore, base: str | None, *steps: str, tag: str | None = None) -> list[str]:
+    """A build's images: one per step, each the parent of the next (the last tagged)."""
+    ids: list[str] = []
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        rec = create_image(store, base=ids[-1] if ids else base, layers=[],
+                           history=[HistoryEntry(step, empty_layer=True)],
+                           tags=[tag] if tag and last else [])
+        ids.append(rec.id)
+    return ids
+
+
+def test_rmi_of_the_last_tag_a_container_uses_needs_force(store: ImageStore,
+                                                           users: Users) -> None:
+    iid = imported(store, "app:1")
+    container = "c0ffee" * 10
+    users.using[iid] = [container]
+    with pytest.raises(ImageConflict) as e:
+        store.remove("app:1")
+    assert str(e.value) == (
+        'conflict: unable to remove repository reference "app:1" (must force) - container '
+        f"c0ffeec0ffee is using its referenced image {iid[7:19]}")
+    assert store.get("app:1").id == iid
+    store.tag(iid, "app:2")  # another name left: untagging one needs no force
+    assert store.remove("app:2") == [{"Untagged": "app:2"}]
+    assert store.remove("app:1", force=True) == [{"Untagged": "app:1"}]
+    assert store.get(iid).dangling and store.resolve(iid).layer_dirs[0].is_dir()
+
+
+def test_rmi_of_a_built_image_deletes_its_untagged_parents(store: ImageStore) -> None:
+    base = imported(store, "base:1")
+    steps = chain(store, base, "ENV A=1", "ENV B=2", "CMD x", tag="app:1")
+    assert store.remove("app:1") == [{"Untagged": "app:1"},
+                                     *({"Deleted": i} for i in reversed(steps))]
+    assert [r.id for r in store.list_images(ImageFilters(include_intermediate=True))] == [base]
+
+
+def test_parent_chain_stops_at_a_tagged_shared_or_used_parent(store: ImageStore,
+                                                               users: Users) -> None:
+    base = imported(store, "base:1")
+    a1, a2, a3 = chain(store, base, "ENV A=1", "ENV A=2", "ENV A=3", tag="a:1")
+    b1, = chain(store, a1, "ENV B=1", tag="b:1")  # a second child of a1
+    users.using[a2] = ["feed" * 16]
+    assert store.remove("a:1") == [{"Untagged": "a:1"}, {"Deleted": a3}]
+    users.using.clear()
+    assert store.remove(a2) == [{"Deleted": a2}]  # a1 still has the child b1
+    assert store.remove("b:1") == [{"Untagged": "b:1"}, {"Deleted": b1}, {"Deleted": a1}]
+    assert store.get("base:1").id == base  # tagged: kept
+    c1, c2 = chain(store, base, "ENV C=1", "ENV C=2", tag="c:1")
+    assert store.remove("c:1", prune=False) == [{"Untagged": "c:1"}, {"Deleted": c2}]
+    assert store.get(c1).dangling
+
+
+def test_rmi_by_id_of_an_image_with_children_is_refused_even_forced(store: ImageStore) -> None:
+    base = imported(store, "base:1")
+    chain(store, base, "ENV A=1", tag="app:1")
+    for force in (False, True):
+        with pytest.raises(ImageConflict, match=r"\(cannot be forced\) - image has dependent "
+                                                r"child images"):
+            store.remove(base, force=force)
+    assert store.get("base:1").id == base
+
+
+def test_prune_removes_whole_dangling_chains_in_one_call(store: ImageStore,
+                                                         users: Users) -> None:
+    base = imported(store, "base:1")
+    failed = chain(store, base, "ENV A=1", "ENV A=2", "RUN false")  # a failed build's steps
+    kept = chain(store, base, "ENV K=1", "ENV K=2", tag="kept:1")
+    used = chain(store, base, "ENV U=1", "ENV U=2")
+    users.using[used[-1]] = ["beef" * 16]
+    # `images` shows the heads; `images -a` the intermediate steps too.
+    shown = {r.id for r in store.list_images()}
+    assert shown == {base, failed[-1], kept[-1], used[-1]}
+    every = {r.id for r in store.list_images(ImageFilters(include_intermediate=True))}
+    assert every == {base, *failed, *kept, *used}
+    dangling = ImageFilters(dangling=True, include_intermediate=True)
+    assert {r.id for r in store.list_images(dangling)} == {failed[-1], used[-1]}
+    result = store.prune()
+    assert result["ImagesDeleted"] == [{"Deleted": i} for i in reversed(failed)]
+    assert result["SpaceReclaimed"] > 0
+    assert {r.id for r in store.list_images(ImageFilters(include_intermediate=True))} == \
+        {base, *kept, *used}
+    assert store.prune()["ImagesDeleted"] is None
+
+
+def test_images_held_by_a_running_build_survive_prune(store: ImageStore) -> None:
+    base = imported(store, None)
+    with store.hold("build 1") as hold:
+        hold.add(base)
+        steps = chain(store, base, "ENV A=1", "ENV A=2")
+        hold.add(steps[-1])
+        assert store.prune()["ImagesDeleted"] is None
+        with pytest.raises(ImageConflict, match="being used by build 1"):
+            store.remove(steps[-1])
+        assert store.builds_using(steps[-1]) == ["build 1"]
+    assert store.builds_using(steps[-1]) == []
+    assert store.prune()["ImagesDeleted"] == [{"Deleted": i} for i in (*reversed(steps), base)]
