@@ -53,6 +53,10 @@ class GuestShell:
         self._closed = False
         self._ready = False
         self._reader: threading.Thread | None = None
+        # Bytes received in all, and at the last reboot: the guest has opened
+        # ttyS1 once it has written to it.
+        self._received = 0
+        self._received_at_boot = 0
 
     def connect(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -86,6 +90,7 @@ class GuestShell:
                     self._closed = True
                 else:
                     self._buf += data
+                    self._received += len(data)
                 self._cond.notify_all()
             if not data:
                 if log is not None:
@@ -102,7 +107,21 @@ class GuestShell:
 
     def forget(self) -> None:
         """The guest rebooted: its shell is a new one, to be probed again."""
-        self._ready = False
+        with self._cond:
+            self._ready = False
+            self._received_at_boot = self._received
+
+    def _wait_for_output(self, after: int, deadline: float) -> bool:
+        """Wait until the guest has sent more than `after` bytes in all."""
+        with self._cond:
+            while self._received <= after:
+                if self._closed or self._exit_status() is not None:
+                    raise ShellError("QEMU exited while waiting for the test shell")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 1.0))
+            return True
 
     def _send(self, data: bytes) -> None:
         if self._sock is None:
@@ -116,7 +135,9 @@ class GuestShell:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                m = regex.search(self._buf)
+                # A bytes snapshot: a match keeps reading the object it
+                # searched, and the buffer is trimmed right below.
+                m = regex.search(bytes(self._buf))
                 if m:
                     del self._buf[: m.end()]
                     return m
@@ -133,15 +154,24 @@ class GuestShell:
 
         bash echoes a line through readline, which is slow under TCG; a slow
         answer to an earlier probe counts, so probes never cancel each other.
-        Probes carry no quotes: a probe garbled while the port was not yet
-        open fails as a command instead of leaving bash inside a string.
-        No ^C either: bash drops input that arrives while it handles SIGINT.
+        Probes carry no quotes, so a garbled one fails as a command instead
+        of leaving bash inside a string; and no ^C: bash drops input that
+        arrives while it handles SIGINT.
         """
         if self._ready:
             return
         deadline = time.monotonic() + timeout
         tokens: list[bytes] = []
+        seen = self._received_at_boot
         while time.monotonic() < deadline:
+            if not tokens:
+                # Nothing goes to ttyS1 before the guest has opened it (systemd
+                # resets the tty for debug-shell.service, which writes to it):
+                # input that arrives while the kernel sets the UART up loses
+                # the port for the whole boot.
+                if not self._wait_for_output(seen, deadline):
+                    break
+                time.sleep(1.0)
             tok = secrets.token_hex(8).encode()
             tokens.append(tok)
             # The first line also turns off readline and echo, for speed.
@@ -157,7 +187,8 @@ class GuestShell:
                 return
             if m:  # the initrd's shell; the real one starts after switch-root
                 tokens.clear()
-                time.sleep(1.0)
+                with self._cond:
+                    seen = self._received
         raise ShellError(
             f"no test shell answered on ttyS1 within {timeout:.0f} s "
             "(booted with systemd.debug_shell=ttyS1? is debug-shell.service in the image?)"
