@@ -12,15 +12,18 @@ import shlex
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hostos.artifacts import MANIFEST_NAME, load_image
 from hostos.errors import HostosError
 from qemu.accel import Accel
 from qemu.firmware import FirmwareNotFound
-from qemu.machine import Machine, MachineError
 from qemu.spec import API_PORT, BootMode, ConsoleMode, Credential, Forward, MachineSpec
 from runtime import tls
 from runtime.run import CommandError
+
+if TYPE_CHECKING:
+    from qemu.machine import Machine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = REPO / "build" / "image"
@@ -87,6 +90,10 @@ def banner(port: int, certs: tls.TlsFiles, machine: Machine) -> str:
 
 
 def qemu(args: argparse.Namespace) -> int:
+    # Here, not at the top: qemu.machine needs qemu.qmp, which the host OS image
+    # does not ship, and every other hostos verb must work there.
+    from qemu.machine import Machine, MachineError
+
     image_dir: Path = args.image
     if image_dir.name == MANIFEST_NAME:
         image_dir = image_dir.parent
