@@ -97,9 +97,20 @@ def engine(netns: NetNS) -> Iterator[Engine]:
                 await eng.mgr.remove(c.id, force=True)
             await eng.mgr.shutdown()
             await eng.svc.destroy()
-        loop.call(down())
-        loop.stop()
-        shutil.rmtree(tmp_path, ignore_errors=True)
+        try:
+            loop.call(down())
+        finally:
+            loop.stop()
+            unmount_under(tmp_path)
+            shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def unmount_under(root: Path) -> None:
+    """Safety net when a teardown failed: no mount (a netns file) outlives the test."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(f"{root}/")), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
 
 
 def host_links(ns: NetNS) -> list[str]:
