@@ -154,3 +154,23 @@ def test_toml_writer_round_trips() -> None:
             "weird key": "v", "t": {"x": {"deep": [1, 2]}, "y": False},
             "arr": [{"n": "one", "sub": {"k": "v"}}, {"n": "two", "l": [{"i": 1}]}]}
     assert tomllib.loads(dumps(data)) == data
+
+
+def test_the_cli_loads_without_the_qemu_harness_deps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the host image there is no qemu.qmp; provisioning runs at first boot regardless."""
+    import builtins
+
+    real = builtins.__import__
+
+    def no_qmp(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("qemu.qmp"):
+            raise ModuleNotFoundError(name)
+        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    for mod in [m for m in sys.modules if m.startswith(("qemu.", "hostos.vm"))]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(builtins, "__import__", no_qmp)
+    from hostos.cli import build_parser
+
+    args = build_parser().parse_args(["provision", "--check"])
+    assert args.check
