@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Any
 
 from aiohttp import web
@@ -12,11 +13,11 @@ from aiohttp import web
 from runtime.api.backend import streaming
 from runtime.api.containers import json_body, manager
 from runtime.api.errors import BadRequest, Conflict
-from runtime.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, hijack
+from runtime.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, Hijacked, hijack
 from runtime.api.routes import RouteTable
 from runtime.api.streams import _feed_fd, frame, set_winsize, size_params
 from runtime.container.errors import ContainerError
-from runtime.container.exec import ExecSession
+from runtime.container.exec import ExecSession, close_stdin
 from runtime.container.spec import ExecRequest
 
 log = logging.getLogger("berth.api")
@@ -31,6 +32,7 @@ def exec_request(body: Any) -> ExecRequest:
     if not cmd or not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd):
         raise BadRequest("No exec command specified")
     return ExecRequest(cmd=tuple(cmd), tty=bool(body.get("Tty")),
+                       stdin=bool(body.get("AttachStdin")),
                        env=tuple(body.get("Env") or ()), user=body.get("User") or "",
                        workdir=body.get("WorkingDir") or "",
                        privileged=bool(body.get("Privileged")))
@@ -71,6 +73,8 @@ async def start(request: web.Request) -> web.StreamResponse:
             return conn.response
         if tty and session.pty >= 0:
             feeder = asyncio.ensure_future(_feed_fd(conn, session.pty))
+        elif session.stdin >= 0:
+            feeder = asyncio.ensure_future(_feed_stdin(conn, session))
         async for stream, chunk in session.output():
             await conn.write(chunk if tty else frame(stream, chunk))
         # The stream ends once the exit code is known, so that a client that
@@ -85,6 +89,15 @@ async def start(request: web.Request) -> web.StreamResponse:
     return conn.response
 
 
+async def _feed_stdin(conn: Hijacked, session: ExecSession) -> None:
+    """-i without -t: the client's bytes to the process's stdin pipe; its EOF closes it."""
+    os.set_blocking(session.stdin, False)  # a full pipe must not block the event loop
+    try:
+        await _feed_fd(conn, session.stdin)
+    finally:
+        close_stdin(session)
+
+
 def inspect_json(session: ExecSession, info: Any) -> dict[str, Any]:
     req = session.request
     return {
@@ -92,7 +105,7 @@ def inspect_json(session: ExecSession, info: Any) -> dict[str, Any]:
         "ProcessConfig": {"tty": req.tty, "entrypoint": req.cmd[0],
                           "arguments": list(req.cmd[1:]), "privileged": req.privileged,
                           "user": req.user},
-        "OpenStdin": False, "OpenStderr": True, "OpenStdout": True, "CanRemove": False,
+        "OpenStdin": req.stdin, "OpenStderr": True, "OpenStdout": True, "CanRemove": False,
         "ContainerID": info.container_id, "DetachKeys": "", "Pid": info.pid,
     }
 

@@ -14,9 +14,8 @@ import logging
 import os
 import struct
 import termios
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -26,14 +25,13 @@ from runtime.api.errors import BadRequest
 from runtime.api.filters import query_bool, query_int
 from runtime.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, Hijacked, hijack
 from runtime.api.routes import RouteTable
-from runtime.container.manager import ContainerManager
+from runtime.container.manager import ContainerManager, Output
 from runtime.events import Event, EventBus
-from runtime.logs import LogDriver, LogEntry, LogOptions, rfc3339_nano
+from runtime.logs import LogEntry, LogOptions, rfc3339_nano
 
 log = logging.getLogger("berth.api")
 
 STREAM_IDS = {"stdin": 0, "stdout": 1, "stderr": 2}
-_T = TypeVar("_T")
 _HEADER = struct.Struct(">BxxxI")
 
 
@@ -136,117 +134,19 @@ async def _wait_started(mgr: ContainerManager, events: Lifecycle, cid: str) -> b
     return (await events.until("start", "destroy")).action == "start"
 
 
-class TeeLog:
-    """A container's LogDriver that also hands each entry to one attach stream.
-
-    `run` attaches before `start`: with this in place the engine's output pumps
-    (made at start from `Container.log`) feed the stream directly, in order,
-    with no file to poll and no race with `--rm` deleting the log at exit.
-    Everything else is the wrapped driver's.
-    """
-
-    def __init__(self, inner: LogDriver) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.queue: asyncio.Queue[LogEntry] = asyncio.Queue()
-        self.active = True
-
-    def write(self, entry: LogEntry) -> None:
-        self.inner.write(entry)
-        if self.active:
-            self.queue.put_nowait(entry)
-
-    def read(self, opts: LogOptions, alive: Callable[[], bool]) -> AsyncIterator[LogEntry]:
-        return self.inner.read(opts, alive)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def remove(self) -> None:
-        self.inner.remove()
-
-
-def tee_before_start(mgr: ContainerManager, cid: str) -> TeeLog | None:
-    """Tee a created container's log; None if it already runs (its pumps exist)."""
-    c = mgr.get(cid)
-    if c.state.status.has_process:
-        return None
-    tee = TeeLog(c.log)
-    c.log = tee
-    return tee
-
-
-def untee(mgr: ContainerManager, cid: str, tee: TeeLog) -> None:
-    tee.active = False
-    c = mgr.containers.get(cid)
-    if c is not None and c.log is tee:
-        c.log = tee.inner  # the pumps of a run already started keep the tee: it forwards
-
-
-async def _until_ended(queue: asyncio.Queue[_T], events: Lifecycle,
-                       emit: Callable[[_T], Awaitable[None]]) -> None:
-    """Emit queued items until the container dies, then what is left in the queue.
-
-    The engine publishes `die` after it drained the container's output, so the
-    queue holds everything by then.
-    """
-    ended = asyncio.ensure_future(events.until("die", "destroy"))
-    try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await emit(await getter)
-            if ended.done():
-                while not queue.empty():
-                    await emit(queue.get_nowait())
-                return
-    finally:
-        ended.cancel()
-
-
-async def _copy_tee(tee: TeeLog, opts: LogOptions, events: Lifecycle,
-                    write: Callable[[bytes], Awaitable[None]]) -> None:
-    async def emit(e: LogEntry) -> None:
-        if opts.wants(e):
-            await write(encode_entry(e, False, False))
-
-    await _until_ended(tee.queue, events, emit)
-
-
-async def _follow_logs(mgr: ContainerManager, cid: str, since_ns: int, opts: LogOptions,
+async def _copy_output(output: Output, tty: bool, opts: LogOptions,
                        write: Callable[[bytes], Awaitable[None]]) -> None:
-    """A running container's output from now until it stops (the engine's follower)."""
-    follow = LogOptions(follow=True, since_ns=since_ns, stdout=opts.stdout, stderr=opts.stderr)
-    async for e in mgr.logs(cid, follow):
-        await write(encode_entry(e, False, False))
+    """The container's output as it comes (raw with -t, else framed) until its run ends.
 
-
-def _listen_pty(mgr: ContainerManager, cid: str) -> asyncio.Queue[bytes]:
-    """Subscribe to a TTY container's output now, even before it starts.
-
-    `ContainerManager.attach` only subscribes a running container; a `run -it`
-    attaches before `start`, and the shell's first prompt must not be lost.
+    The engine ends the queue after it drained the run's output at exit (before
+    `die`) or at removal, so nothing written before the exit is missed.
     """
-    # Unbounded: the engine drops the oldest chunk of a full queue, and a terminal's
-    # output must arrive whole however slowly the client reads.
-    q: asyncio.Queue[bytes] = asyncio.Queue()
-    mgr.get(cid).listeners.add(q)
-    return q
-
-
-async def _copy_pty(mgr: ContainerManager, cid: str, output: asyncio.Queue[bytes],
-                    events: Lifecycle, write: Callable[[bytes], Awaitable[None]],
-                    conn: Hijacked, stdin: bool) -> None:
-    pty = mgr.get(cid).pty_master
-    feeder = asyncio.ensure_future(_feed_fd(conn, pty)) if stdin and pty >= 0 else None
-    try:
-        await _until_ended(output, events, write)
-    finally:
-        if feeder is not None:
-            feeder.cancel()
+    while (item := await output.get()) is not None:
+        stream, chunk = item
+        if tty:
+            await write(chunk)
+        elif opts.stdout if stream == "stdout" else opts.stderr:
+            await write(frame(stream, chunk))
 
 
 async def _feed_fd(conn: Hijacked, fd: int | None) -> None:
@@ -265,9 +165,10 @@ async def _feed_fd(conn: Hijacked, fd: int | None) -> None:
 
 async def _feed_stdin(mgr: ContainerManager, cid: str, conn: Hijacked,
                       close_at_eof: bool) -> None:
-    """Client bytes to a `-i` container's stdin pipe; at the client's EOF the container
-    reads EOF too when the attach began before the start (`run -i`: Docker's StdinOnce).
-    Without a stdin pipe the bytes are read and dropped, so the half-close is seen."""
+    """Client bytes to the container's pty (-t) or stdin pipe (-i); at the client's EOF
+    a -i container reads EOF too when the attach began before the start (`run -i`:
+    Docker's StdinOnce). Without either the bytes are read and dropped, so the
+    half-close is seen."""
     fd = mgr.stdin_fd(cid)
     if fd is None:
         while await conn.reader.read(65536):
@@ -288,11 +189,12 @@ async def attach(request: web.Request) -> web.StreamResponse:
     cid, tty = rec.id, rec.spec.tty
     stdin = query_bool(request, "stdin")
     opts = LogOptions(stdout=query_bool(request, "stdout"), stderr=query_bool(request, "stderr"))
-    since_ns = time.time_ns()
+    before_start = not rec.state.status.has_process
     events = Lifecycle(bus, cid)
     await events.ready()
-    pty_output = _listen_pty(mgr, cid) if tty else None
-    tee = tee_before_start(mgr, cid) if not tty else None
+    # Subscribed before the hijack answer: a `run` attaches before it starts the
+    # container, and its first output (a shell's prompt) must not be lost.
+    att = mgr.attach(cid)
     conn = await hijack(request, RAW_STREAM if tty else MULTIPLEXED_STREAM)
     sink: asyncio.Future[None] | None = None
     try:
@@ -301,26 +203,16 @@ async def attach(request: web.Request) -> web.StreamResponse:
                 await conn.write(encode_entry(e, tty, False))
         if query_bool(request, "stream") and await _until_client_leaves(
                 conn, _wait_started(mgr, events, cid)):
-            if pty_output is not None:
-                await _copy_pty(mgr, cid, pty_output, events, conn.write, conn, stdin)
-            else:
-                if stdin:
-                    sink = asyncio.ensure_future(
-                        _feed_stdin(mgr, cid, conn, close_at_eof=tee is not None))
-                if tee is not None:
-                    await _copy_tee(tee, opts, events, conn.write)
-                elif opts.stdout or opts.stderr:
-                    await _follow_logs(mgr, cid, since_ns, opts, conn.write)
+            if stdin:
+                sink = asyncio.ensure_future(
+                    _feed_stdin(mgr, cid, conn, close_at_eof=before_start and not tty))
+            await _copy_output(att.output, tty, opts, conn.write)
     except ConnectionResetError:
         log.debug("attach %s: the client went away", cid[:12])
     finally:
         if sink is not None:
             sink.cancel()
-        if pty_output is not None:
-            with contextlib.suppress(LookupError, Exception):
-                mgr.get(cid).listeners.discard(pty_output)
-        if tee is not None:
-            untee(mgr, cid, tee)
+        mgr.detach(att)
         await events.close()
         conn.close()
     return conn.response

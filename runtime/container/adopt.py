@@ -20,7 +20,7 @@ from runtime.container import start as start_mod
 from runtime.container.errors import StartError
 from runtime.container.spawn import proc_start_time
 from runtime.container.state import Status
-from runtime.container.supervisor import LogPump, watch_exit
+from runtime.container.supervisor import watch_exit
 from runtime.store import containers as records
 
 if TYPE_CHECKING:
@@ -112,13 +112,12 @@ def _readopt(mgr: ContainerManager, c: Container) -> None:
     mgr.save(c, status=Status.PAUSED if cg.frozen() else Status.RUNNING)
     run = mgr.run_dir(c.id)
     if not c.record.spec.tty:
-        pumps = []
+        fds = []
         for stream in ("stdout", "stderr"):
             try:
-                fd = os.open(run / stream, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                fds.append(os.open(run / stream, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
             except FileNotFoundError:
-                continue
-            pumps.append(LogPump(fd, stream, c.log))
-        c.pumps = pumps
+                break
+        c.pumps = start_mod.output_pumps(c, fds)
     watch_exit(c.pidfd, lambda: start_mod.on_exit(mgr, c))
     log.info("container %s: re-adopted (pid %d)", c.id[:12], pid)

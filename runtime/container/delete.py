@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from runtime.container.errors import Conflict
 from runtime.container.kill import KILL_GRACE, send
-from runtime.container.start import settle, teardown_run
+from runtime.container.start import end_output, settle, teardown_run
 from runtime.container.state import Status
 from runtime.store import containers as records
 from runtime.volumes import VolumeError
@@ -48,9 +48,10 @@ async def remove(mgr: ContainerManager, c: Container, force: bool, volumes: bool
     mgr.containers.pop(c.id, None)
     for exec_id in [e for e, s in mgr.execs.items() if s.container_id == c.id]:
         del mgr.execs[exec_id]
-    # The record is gone (a crash from here on leaves only an orphaned dir under
-    # containers/, which no id names); deleting the upper dir (many rmdir/unlink)
-    # runs off the event loop.
-    await asyncio.to_thread(shutil.rmtree, mgr.data_dir(c.id), True)
+    end_output(c)
     c.removed.set()
     mgr.publish(c, "destroy")
+    # The record is gone, so the container is (a crash from here on leaves only a
+    # dir under containers/ that no id names): `wait --condition removed` (run --rm)
+    # answers now; the upper dir's files (many rmdir/unlink) go off the event loop.
+    await asyncio.to_thread(shutil.rmtree, mgr.data_dir(c.id), True)

@@ -49,6 +49,7 @@ class ExecSession:
     stdout: int = -1          # read ends (non-blocking); for a tty, stdout is the pty master
     stderr: int = -1
     pty: int = -1
+    stdin: int = -1           # -i without -t: the write end of the process's stdin pipe
     running: bool = False
     exit_code: int | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -147,19 +148,17 @@ async def start(mgr: ContainerManager, exec_id: str) -> ExecSession:
             join.append((fd, ns))
         pid_ns = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         opened.append(pid_ns)
-        if req.tty:
-            master, slave = os.openpty()
-            os.set_inheritable(slave, False)
-            s.pty = s.stdout = master
-            child_ends.append(slave)
-            stdio = Stdio(slave, slave, slave)
-        else:
+        stdio: Stdio | None = None   # -t: the child opens a pty of the container's devpts
+        if not req.tty:
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            if req.stdin:
+                stdin_r, s.stdin = os.pipe2(os.O_CLOEXEC)
+            else:
+                stdin_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
             s.stdout, s.stderr = out_r, err_r
-            child_ends += [out_w, err_w, null]
-            stdio = Stdio(null, out_w, err_w)
+            child_ends += [out_w, err_w, stdin_r]
+            stdio = Stdio(stdin_r, out_w, err_w)
         cap_set = caps_mod.resolve(spec.cap_add, spec.cap_drop)
         plan = ChildPlan(
             steps=(), args=req.cmd, env=merge_env(spec.env, req.env), user=req.user or spec.user,
@@ -174,11 +173,17 @@ async def start(mgr: ContainerManager, exec_id: str) -> ExecSession:
         except StartError as e:
             s.exit_code = exit_code_for(str(e))
             s.done.set()
+            close_stdin(s)
             for fd in (s.stdout, s.stderr):
                 if fd >= 0:
                     os.close(fd)
             s.stdout = s.stderr = s.pty = -1
             raise
+        if req.tty:
+            s.pty = s.stdout = launch.pty_master
+    except BaseException:
+        close_stdin(s)
+        raise
     finally:
         for fd in opened + child_ends:
             os.close(fd)
@@ -186,6 +191,7 @@ async def start(mgr: ContainerManager, exec_id: str) -> ExecSession:
     mgr.publish(c, "exec_start", execID=exec_id)
 
     def exited() -> None:
+        close_stdin(s)
         code = exit_status(s.pidfd)
         os.close(s.pidfd)
         s.pidfd = -1
@@ -198,6 +204,13 @@ async def start(mgr: ContainerManager, exec_id: str) -> ExecSession:
 
     watch_exit(s.pidfd, exited)
     return s
+
+
+def close_stdin(s: ExecSession) -> None:
+    """-i: the client's input ended (or the process did): the process reads EOF."""
+    if s.stdin >= 0:
+        os.close(s.stdin)
+        s.stdin = -1
 
 
 def detach(s: ExecSession) -> None:

@@ -13,6 +13,8 @@ import fcntl
 import gc
 import os
 import signal
+import socket
+import struct
 import termios
 from dataclasses import dataclass
 from typing import NoReturn
@@ -50,6 +52,7 @@ class ChildFds:
     copied: int      # write one byte after unshare(MOUNT): parent may detach its mounts; -1: none
     error: int       # CLOEXEC: one line on failure
     join: tuple[tuple[int, Namespace], ...] = ()   # namespaces to setns into (exec)
+    console: int = -1  # -t: a unix socket to send the pty master to (stdio fds unused)
 
 
 def find_executable(name: str, env: tuple[str, ...]) -> str:
@@ -76,6 +79,22 @@ def _read(path: str) -> str:
             return f.read()
     except OSError:
         return ""
+
+
+_TIOCSPTLCK = 0x40045431   # _IOW('T', 0x31, int)
+_TIOCGPTPEER = 0x5441      # _IO('T', 0x41), Linux 4.13
+
+
+def open_console(sock: int) -> int:
+    """A pty of the container's own devpts (so `tty` names a /dev/pts/N that exists
+    inside): the master goes to the daemon over `sock`, the slave is returned."""
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+    slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    with socket.socket(fileno=os.dup(sock)) as s:
+        socket.send_fds(s, [b"t"], [master])
+    os.close(master)
+    return slave
 
 
 def child_main(plan: ChildPlan, fds: ChildFds, sys: Sys) -> NoReturn:
@@ -121,9 +140,14 @@ def _setup(plan: ChildPlan, fds: ChildFds, sys: Sys) -> None:
         rootfs.apply(plan.steps, sys)
     if plan.hostname:
         sys.sethostname(plan.hostname)
-    os.dup2(fds.stdin, 0)
-    os.dup2(fds.stdout, 1)
-    os.dup2(fds.stderr, 2)
+    if plan.tty:
+        slave = open_console(fds.console)
+        for n in (0, 1, 2):
+            os.dup2(slave, n)
+    else:
+        os.dup2(fds.stdin, 0)
+        os.dup2(fds.stdout, 1)
+        os.dup2(fds.stderr, 2)
     os.setsid()
     if plan.tty:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)

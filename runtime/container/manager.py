@@ -87,13 +87,24 @@ class EngineInfo:
     stopped: int
 
 
+# An attached client's queue: ("stdout"|"stderr", chunk) as the container writes it,
+# then None once the run's output ended (its exit, drained) or the container is removed.
+Output = asyncio.Queue[tuple[str, bytes] | None]
+
+
 @dataclass(eq=False)
 class Attach:
-    """-t: write stdin to pty_fd, read raw output from `output`; else use logs(follow=True)."""
+    """A live subscription to a container's output, made in any state before removal.
+
+    `output` gets every chunk from now on (a created container's first output
+    included) until None: the end of the current (or next) run. With -t the
+    chunks are the pty's raw bytes (stream "stdout"); write input to
+    `mgr.stdin_fd(ref)` once it runs. Unbounded: a terminal's output arrives
+    whole however slowly the client reads.
+    """
 
     container_id: str
-    pty_fd: int | None
-    output: asyncio.Queue[bytes] | None
+    output: Output
 
 
 @dataclass(eq=False)
@@ -115,7 +126,7 @@ class Container:
     oom_at_start: int = 0
     consecutive_restarts: int = 0
     is_child: bool = True
-    listeners: set[asyncio.Queue[bytes]] = field(default_factory=set)   # tty output fan-out
+    listeners: set[Output] = field(default_factory=set)   # attached clients (fan-out)
 
     @property
     def id(self) -> str:
@@ -327,12 +338,11 @@ class ContainerManager:
             yield entry
 
     def attach(self, ref: str) -> Attach:
+        """Subscribe to the output of a container (created, running, exited...)."""
         c = self.get(ref)
-        if c.pty_master < 0:
-            return Attach(c.id, None, None)
-        q: asyncio.Queue[bytes] = asyncio.Queue(1024)
+        q: Output = asyncio.Queue()
         c.listeners.add(q)
-        return Attach(c.id, c.pty_master, q)
+        return Attach(c.id, q)
 
     def stdin_fd(self, ref: str) -> int | None:
         """Where a client's stdin goes: the pty master (-t) or the stdin pipe (-i); else None."""
@@ -349,8 +359,9 @@ class ContainerManager:
             c.stdin_w = -1
 
     def detach(self, att: Attach) -> None:
+        """Stop receiving a container's output."""
         c = self.containers.get(att.container_id)
-        if c is not None and att.output is not None:
+        if c is not None:
             c.listeners.discard(att.output)
 
     async def exec_create(self, ref: str, req: ExecRequest) -> str:

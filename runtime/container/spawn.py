@@ -16,6 +16,7 @@ import contextlib
 import os
 import select
 import signal
+import socket
 from dataclasses import dataclass
 
 from runtime import rootfs
@@ -77,10 +78,21 @@ def _read_all(fd: int, timeout: float, what: str) -> bytes:
         out += chunk
 
 
+def _recv_fd(sock: int) -> int:
+    """The one fd the child sent before its exec (already queued: no wait)."""
+    with socket.socket(fileno=os.dup(sock)) as s:
+        s.setblocking(False)
+        _, fds, _, _ = socket.recv_fds(s, 16, 1)
+    if not fds:
+        raise OSError("no pty came from the container's init")
+    os.set_inheritable(fds[0], False)
+    return fds[0]
+
+
 class Launch:
     """One start attempt: begin() clones and prepares, finish() lets it exec."""
 
-    def __init__(self, plan: ChildPlan, spec: rootfs.RootfsSpec | None, stdio: Stdio,
+    def __init__(self, plan: ChildPlan, spec: rootfs.RootfsSpec | None, stdio: Stdio | None,
                  cgroup: Cgroup | None, idmap: IdMap | None, namespaces: Namespace,
                  sys: Sys, join: tuple[tuple[int, Namespace], ...] = (),
                  pid_ns_fd: int = -1) -> None:
@@ -95,8 +107,9 @@ class Launch:
         self.pid_ns_fd = pid_ns_fd
         self.pid = 0
         self.pidfd = -1
+        self.pty_master = -1     # -t: the master of the pty the child opened (after finish)
         self._mounted = False
-        self._go_w = self._copied_r = self._err_r = -1
+        self._go_w = self._copied_r = self._err_r = self._console = -1
 
     def begin(self) -> int:
         """Clone the child and do the parent's part up to "go"; returns the pid."""
@@ -106,13 +119,17 @@ class Launch:
         else:
             copied_w = -1
         self._err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        fds = ChildFds(stdin=self.stdio.stdin, stdout=self.stdio.stdout,
-                       stderr=self.stdio.stderr, go=go_r, copied=copied_w, error=err_w,
-                       join=self.join)
+        console_w = -1
+        if self.stdio is None:  # -t: the child opens a pty in its devpts and sends the master
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._console, console_w = pair[0].detach(), pair[1].detach()
+        stdio = self.stdio or Stdio(-1, -1, -1)
+        fds = ChildFds(stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr, go=go_r,
+                       copied=copied_w, error=err_w, join=self.join, console=console_w)
         try:
             pid, self.pidfd = self._clone()
         except OSError as e:
-            for fd in (go_r, copied_w, err_w):
+            for fd in (go_r, copied_w, err_w, console_w):
                 if fd >= 0:
                     os.close(fd)
             self._close_parent_ends()
@@ -120,7 +137,7 @@ class Launch:
         if pid == 0:
             child_main(self.plan, fds, self.sys)
         self.pid = pid
-        for fd in (go_r, copied_w, err_w):
+        for fd in (go_r, copied_w, err_w, console_w):
             if fd >= 0:
                 os.close(fd)
         try:
@@ -181,6 +198,12 @@ class Launch:
         if err:
             self.abort()
             raise StartError(err.decode(errors="replace"))
+        if self._console >= 0:
+            try:
+                self.pty_master = _recv_fd(self._console)
+            except OSError as e:
+                self.abort()
+                raise StartError(f"receive the container's pty: {e.strerror or e}") from e
         self._close_parent_ends()
         return self.pidfd
 
@@ -190,7 +213,7 @@ class Launch:
             self._mounted = False
 
     def _close_parent_ends(self) -> None:
-        for attr in ("_go_w", "_copied_r", "_err_r"):
+        for attr in ("_go_w", "_copied_r", "_err_r", "_console"):
             fd = getattr(self, attr)
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -208,6 +231,9 @@ class Launch:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+        if self.pty_master >= 0:
+            os.close(self.pty_master)
+            self.pty_master = -1
         with contextlib.suppress(OSError):
             self._detach()
         self._close_parent_ends()

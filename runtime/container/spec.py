@@ -122,6 +122,7 @@ class CreateRequest:
 class ExecRequest:
     cmd: tuple[str, ...]
     tty: bool = False
+    stdin: bool = False        # -i: a pipe (or, with tty, the pty) takes the client's input
     env: tuple[str, ...] = ()
     user: str = ""
     workdir: str = ""

@@ -130,13 +130,8 @@ async def start(mgr: ContainerManager, c: Container) -> None:
     parent_fds: list[int] = []
     child_fds: list[int] = []
     try:
-        if spec.tty:
-            master, slave = os.openpty()
-            os.set_inheritable(slave, False)
-            parent_fds.append(master)
-            child_fds.append(slave)
-            stdio = Stdio(slave, slave, slave)
-        else:
+        stdio: Stdio | None = None   # -t: the child opens a pty of its own devpts
+        if not spec.tty:
             out_r, out_w = open_fifo_pair(run / "stdout")
             err_r, err_w = open_fifo_pair(run / "stderr")
             if spec.open_stdin:
@@ -188,6 +183,8 @@ async def start(mgr: ContainerManager, c: Container) -> None:
                     result = await _setup_network(mgr, c, pid)
                     mgr.save(c, record_network=result)
                 pidfd = launch.finish()
+                if spec.tty:
+                    parent_fds.append(launch.pty_master)
                 break
             except InitTimeout as e:
                 launch.abort()
@@ -215,10 +212,7 @@ async def start(mgr: ContainerManager, c: Container) -> None:
     c.stopped.clear()
     if spec.tty:
         c.pty_master = parent_fds[0]
-        c.pumps = [LogPump(parent_fds[0], "stdout", c.log, on_data=lambda b: _fan_out(c, b))]
-    else:
-        c.pumps = [LogPump(parent_fds[0], "stdout", c.log),
-                   LogPump(parent_fds[1], "stderr", c.log)]
+    c.pumps = output_pumps(c, parent_fds)
     mgr.save(c, status=Status.RUNNING, pid=pid, pid_start_time=proc_start_time(pid),
              started_at=time.time(), exit_code=0, error="", oom_killed=False,
              stopped_by_user=False)
@@ -226,11 +220,22 @@ async def start(mgr: ContainerManager, c: Container) -> None:
     mgr.publish(c, "start")
 
 
-def _fan_out(c: Container, data: bytes) -> None:
-    for q in list(c.listeners):
-        if q.full():
-            q.get_nowait()
-        q.put_nowait(data)
+def output_pumps(c: Container, fds: list[int]) -> list[LogPump]:
+    """Pumps from the stdout (pty master) and stderr read ends into the log and to
+    attached clients."""
+    def pump(fd: int, stream: str) -> LogPump:
+        def fan_out(data: bytes) -> None:
+            for q in c.listeners:
+                q.put_nowait((stream, data))
+        return LogPump(fd, stream, c.log, on_data=fan_out)
+    return [pump(fd, stream) for fd, stream in zip(fds, ("stdout", "stderr"), strict=False)]
+
+
+def end_output(c: Container) -> None:
+    """Attached clients: this run's output is complete."""
+    for q in c.listeners:
+        q.put_nowait(None)
+    c.listeners.clear()
 
 
 def _network_request(c: Container) -> NetworkRequest:
@@ -301,6 +306,7 @@ def on_exit(mgr: ContainerManager, c: Container) -> None:
         pump.drain()
         pump.close()
     c.pumps = []
+    end_output(c)
     if c.pty_master >= 0:
         c.pty_master = -1  # closed by its pump
     if c.stdin_w >= 0:

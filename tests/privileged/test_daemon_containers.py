@@ -325,6 +325,14 @@ def test_run_tty_delivers_all_output(daemon: Berthd) -> None:
     assert len(lines) == 50000 and lines[-1] == "50000"
 
 
+def test_exec_interactive_without_tty_pipes_stdin(daemon: Berthd) -> None:
+    cid = daemon.berth("run", "-d", "busybox", "sleep", "300").stdout.strip()
+    r = daemon.berth("exec", "-i", cid, "sh", "-c", "wc -l; echo done",
+                     input="".join(f"{i}\n" for i in range(5000)))
+    assert r.stdout.split() == ["5000", "done"]
+    daemon.berth("rm", "-f", cid)
+
+
 def test_run_interactive_without_tty_pipes_stdin(daemon: Berthd) -> None:
     data = "".join(f"{i}\n" for i in range(20000))
     r = daemon.berth("run", "-i", "--rm", "busybox", "sh", "-c", "wc -l; echo done",

@@ -73,6 +73,9 @@ def test_docker_cli_session(docker: DockerCLI) -> None:
 
     ex = docker("exec", "web", "sh", "-c", "echo $WHO; exit 3", check=False)
     assert (ex.returncode, ex.stdout) == (3, "docker\n")
+    # -i without -t: the exec reads the client's stdin, then EOF.
+    ex = docker("exec", "-i", "web", "sh", "-c", "tr a-z A-Z; echo end", input="piped\n")
+    assert ex.stdout == "PIPED\nend\n"
 
     piped = docker("run", "-i", "--rm", "busybox", "tr", "a-z", "A-Z", input="shout\n")
     assert piped.stdout == "SHOUT\n"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from runtime.container.errors import Conflict, NoSuchContainer, StartError
+from runtime.container.exec import close_stdin
 from runtime.container.manager import ContainerManager
-from runtime.container.spec import CreateRequest, VolumeRequest
+from runtime.container.spec import CreateRequest, ExecRequest, VolumeRequest
 from runtime.container.state import Status, WaitCondition
 from runtime.events import EventBus
 from tests.privileged.conftest import NetNS
@@ -85,21 +87,70 @@ def test_auto_remove_restart_rename_and_wait_removed(env: EngineEnv) -> None:
 
 def test_tty_container_gets_a_terminal_and_attach_sees_its_output(env: EngineEnv) -> None:
     async def scenario(m: ContainerManager) -> None:
+        # `tty` names the terminal: a /dev/pts/N of the container's own devpts instance.
         rec = await m.create(CreateRequest(
             image=IMAGE, tty=True,
-            cmd=("sh", "-c", "[ -t 1 ] && echo isatty; read line; echo got:$line")))
+            cmd=("sh", "-c", "[ -t 1 ] && echo isatty; t=$(tty) && ls $t && echo tty:$t; "
+                 "read line; echo got:$line")))
+        att = m.attach(rec.id)   # before the start: nothing it writes is missed
         await m.start(rec.id)
-        att = m.attach(rec.id)
-        assert att.pty_fd is not None and att.output is not None
-        import os
-
-        os.write(att.pty_fd, b"hello\n")
-        await asyncio.wait_for(m.wait(rec.id), 10)
+        fd = m.stdin_fd(rec.id)
+        assert fd is not None
+        os.write(fd, b"hello\n")
         seen = b""
-        while not att.output.empty():
-            seen += att.output.get_nowait()
+        while (item := await asyncio.wait_for(att.output.get(), 10)) is not None:
+            assert item[0] == "stdout"
+            seen += item[1]
         assert b"isatty" in seen and b"got:hello" in seen
+        assert b"tty:/dev/pts/0" in seen, seen
         assert "got:hello" in await output(m, rec.id)
+
+    drive(env, scenario)
+
+
+def test_attach_streams_a_non_tty_containers_output_from_before_its_start(
+        env: EngineEnv) -> None:
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(
+            image=IMAGE, cmd=("sh", "-c", "echo out; echo err >&2; echo more")))
+        att = m.attach(rec.id)
+        late = m.attach(rec.id)
+        m.detach(late)
+        await m.start(rec.id)
+        got: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        while (item := await asyncio.wait_for(att.output.get(), 10)) is not None:
+            got[item[0]] += item[1]
+        assert got == {"stdout": b"out\nmore\n", "stderr": b"err\n"}
+        assert late.output.empty()
+        # A subscription to a container removed before it ran ends too.
+        other = await m.create(CreateRequest(image=IMAGE, cmd=("true",)))
+        gone = m.attach(other.id)
+        await m.remove(other.id)
+        assert await asyncio.wait_for(gone.output.get(), 10) is None
+
+    drive(env, scenario)
+
+
+def test_exec_with_stdin_and_with_a_tty(env: EngineEnv) -> None:
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(image=IMAGE, cmd=("sleep", "1000")))
+        await m.start(rec.id)
+        # -i without -t: a pipe; closing it is the process's EOF.
+        eid = await m.exec_create(rec.id, ExecRequest(cmd=("sh", "-c", "cat; echo eof"),
+                                                      stdin=True))
+        s = await m.exec_start(eid)
+        assert s.stdin >= 0
+        os.write(s.stdin, b"typed\n")
+        close_stdin(s)
+        out = b"".join([chunk async for _, chunk in s.output()])
+        assert await s.wait() == 0 and out == b"typed\neof\n"
+        # -t: the pty comes from the container's devpts, so `tty` names a node inside.
+        eid = await m.exec_create(rec.id, ExecRequest(
+            cmd=("sh", "-c", "t=$(tty) && ls $t && echo tty:$t"), tty=True))
+        s = await m.exec_start(eid)
+        out = b"".join([chunk async for _, chunk in s.output()])
+        assert await s.wait() == 0, out
+        assert b"tty:/dev/pts/" in out
 
     drive(env, scenario)
 
@@ -137,8 +188,6 @@ def test_interactive_stdin_without_tty_reaches_the_container_then_eof(env: Engin
         await m.start(rec.id)
         fd = m.stdin_fd(rec.id)
         assert fd is not None
-        import os
-
         os.write(fd, b"piped in\n")
         m.close_stdin(rec.id)
         assert (await asyncio.wait_for(m.wait(rec.id), 10)).status_code == 0
