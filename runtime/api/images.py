@@ -152,7 +152,9 @@ async def tag_image(request: web.Request) -> web.StreamResponse:
 async def delete_image(request: web.Request) -> web.StreamResponse:
     store = store_of(request)
     force = query_bool(request, "force")
-    result = await asyncio.to_thread(store.remove, request.match_info["name"], force=force)
+    # noprune=1 keeps the untagged parents (a build's step images) that rmi removes.
+    result = await asyncio.to_thread(store.remove, request.match_info["name"], force=force,
+                                     prune=not query_bool(request, "noprune"))
     for entry in result:
         for key, action in (("Untagged", "untag"), ("Deleted", "delete")):
             if key in entry:

@@ -62,7 +62,7 @@ from runtime.store.commit import (
     commit_layer,
     create_image,
 )
-from runtime.store.images import ImageStore
+from runtime.store.images import ImageHold, ImageStore
 
 Emit = Callable[[str], Awaitable[None]]
 # BuildKit's automatic platform args: usable in FROM, and in a stage once declared
@@ -115,15 +115,20 @@ class Builder:
 
     async def build(self, df: Dockerfile, context: Path, opts: BuildOptions,
                     emit: Emit) -> BuildResult:
-        b = _Build(self, df, context, opts, emit)
-        return await b.run()
+        # A running build is an image user: the images it stands on (bases, steps,
+        # cache hits) and the layers it committed survive a prune or rmi meanwhile.
+        name = "running build" + (f" of {opts.tags[0]}" if opts.tags else "")
+        with self.store.hold(name) as hold:
+            b = _Build(self, df, context, opts, emit, hold)
+            return await b.run()
 
 
 class _Build:
     def __init__(self, owner: Builder, df: Dockerfile, context: Path, opts: BuildOptions,
-                 emit: Emit) -> None:
+                 emit: Emit, hold: ImageHold) -> None:
         self.o, self.df, self.context, self.opts, self.emit = owner, df, context, opts, emit
         self.store = owner.store
+        self.hold = hold
         self.meta: dict[str, str] = dict(AUTO_ARGS)
         self.used_args: set[str] = set()
         self.stage_images: dict[int, str | None] = {}
@@ -189,6 +194,12 @@ class _Build:
                     todo.append(j)
         return seen
 
+    def _lookup_and_hold(self, ref: str) -> str:
+        with self.store.lock:  # no prune between finding the image and holding it
+            iid = self.store.lookup(ref)
+            self.hold.add(iid)
+        return iid
+
     def _tag(self, image_id: str) -> None:
         for t in self.opts.tags:
             self.store.tag(image_id, t)
@@ -245,7 +256,7 @@ class _Build:
             cfg = self.store.image_config(iid) if iid else ImageConfig()
             return _StageState(iid, cfg, {})
         try:
-            iid = self.store.lookup(base)
+            iid = self._lookup_and_hold(base)
         except (ImageNotFound, LookupError):
             raise DockerfileError(self.df.file, stage.line, "FROM",
                                   f"image {base!r} is not in the image store; there is no "
@@ -323,7 +334,7 @@ class _Build:
         if iid is None:
             return False
         try:
-            cfg = await asyncio.to_thread(self.store.image_config, iid)
+            cfg = await asyncio.to_thread(self._cached_config, iid)
         except (ImageNotFound, LookupError, OSError, ValueError):
             return False
         st.image_id, st.config = iid, cfg
@@ -331,13 +342,22 @@ class _Build:
         await self.say(f" ---> Using cache\n ---> {_short(iid)}\n")
         return True
 
+    def _cached_config(self, iid: str) -> ImageConfig:
+        with self.store.lock:
+            self.store.lookup(iid)  # still there?
+            self.hold.add(iid)
+        return self.store.image_config(iid)
+
     async def _commit(self, st: _StageState, layer: LayerInfo | None, created_by: str, *,
                       empty: bool, parent_key: str, key: str | None) -> str:
         def make() -> str:
-            rec = create_image(self.store, base=st.image_id, layers=[layer] if layer else [],
-                               config=st.config,
-                               history=[HistoryEntry(created_by, empty_layer=empty)],
-                               author=st.author)
+            # Under the store's lock: the new image is held before a prune can see it.
+            with self.store.lock:
+                rec = create_image(self.store, base=st.image_id,
+                                   layers=[layer] if layer else [], config=st.config,
+                                   history=[HistoryEntry(created_by, empty_layer=empty)],
+                                   author=st.author)
+                self.hold.add(rec.id)
             return rec.id
         iid = await asyncio.to_thread(make)
         if key is not None:
@@ -401,7 +421,7 @@ class _Build:
                     path.rmdir()  # only if empty: RUN may have put files there
                 elif path.is_file() and path.stat().st_size == 0:
                     path.unlink()
-        return commit_layer(self.store, upper, ids)
+        return commit_layer(self.store, upper, ids, hold=self.hold)
 
     # --- COPY / ADD / WORKDIR ---
 
@@ -452,7 +472,7 @@ class _Build:
             return view_sources(self._view(self.stage_images.get(idx)), srcs, what,
                                 f"stage {ref}")
         try:
-            iid = self.store.lookup(ref)
+            iid = self._lookup_and_hold(ref)
         except (ImageNotFound, LookupError):
             raise ins.error(f"invalid from flag value {ref}: no stage or image of that "
                             f"name") from None
@@ -466,7 +486,7 @@ class _Build:
         try:
             Stager(staging, view, owner, parse_chmod(ins.flag("chmod"))).copy(
                 sources, dest, extract_tars=ins.keyword is Keyword.ADD)
-            return commit_layer(self.store, staging)
+            return commit_layer(self.store, staging, hold=self.hold)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -477,7 +497,7 @@ class _Build:
         staging = Path(tempfile.mkdtemp(prefix="workdir-", dir=self.o.work_dir))
         try:
             Stager(staging, view, Owner(), None).ensure_dir(workdir, owned=False)
-            return commit_layer(self.store, staging)
+            return commit_layer(self.store, staging, hold=self.hold)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -33,7 +33,7 @@ from runtime.oci import (
 )
 from runtime.store.blobs import BlobWriter
 from runtime.store.extract import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
-from runtime.store.images import ImageRecord, ImageStore
+from runtime.store.images import ImageHold, ImageRecord, ImageStore
 
 _KEPT_XATTRS = ("security.capability",)
 USER_OPAQUE_XATTR = "user.overlay.opaque"
@@ -170,11 +170,13 @@ def _xattrs(path: str) -> dict[str, str]:
     return out
 
 
-def commit_layer(store: ImageStore, tree: Path, ids: IdShift | None = None) -> LayerInfo:
+def commit_layer(store: ImageStore, tree: Path, ids: IdShift | None = None,
+                 hold: ImageHold | None = None) -> LayerInfo:
     """Make a layer of `tree` (e.g. a container's overlay upper dir) and unpack it.
 
     `ids`: the container's uid/gid mapping when its files are owned by a
-    shifted host range (a user-namespaced container's upper dir)."""
+    shifted host range (a user-namespaced container's upper dir). `hold`: a
+    running build's, which keeps the layer from a prune until its image exists."""
     with store.blobs.writer(source=str(tree)) as w:
         write_layer_tar(tree, cast(BinaryIO, _WriterIO(w)), ids)
         size = w.offset
@@ -187,6 +189,8 @@ def commit_layer(store: ImageStore, tree: Path, ids: IdShift | None = None) -> L
     except BaseException:
         store.unpin(blob)
         raise
+    if hold is not None:
+        hold.pin(blob)
     store.unpin(blob)
     return LayerInfo(diff_id=blob, blob=blob, size=size)
 

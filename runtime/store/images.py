@@ -95,16 +95,31 @@ class NoUsers:
 
 
 class ImageHold:
-    """The images one running build stands on (its bases, steps and cache hits)."""
+    """What one running build stands on: images (its bases, steps and cache hits)
+    and the blobs of layers it committed but has not yet made into an image."""
 
-    def __init__(self, name: str, lock: threading.RLock) -> None:
+    def __init__(self, name: str, store: ImageStore) -> None:
         self.name = name
-        self._lock = lock
+        self._store = store
         self._ids: set[str] = set()
+        self._pins: list[str] = []
 
     def add(self, image_id: str) -> None:
-        with self._lock:
+        with self._store.lock:
             self._ids.add(image_id)
+
+    def pin(self, digest: str) -> None:
+        """Keep a blob (and the layer unpacked from it) until the build ends."""
+        with self._store.lock:
+            self._store.pin(digest)
+            self._pins.append(digest)
+
+    def release(self) -> None:
+        with self._store.lock:
+            for digest in self._pins:
+                self._store.unpin(digest)
+            self._pins.clear()
+            self._ids.clear()
 
     def __contains__(self, image_id: object) -> bool:
         return image_id in self._ids
@@ -443,7 +458,7 @@ class ImageStore:
 
         Add an image under `self.lock` in the same section that creates it, so no
         prune can come between the two."""
-        h = ImageHold(name, self.lock)
+        h = ImageHold(name, self)
         with self.lock:
             self._holds.append(h)
         try:
@@ -451,6 +466,7 @@ class ImageStore:
         finally:
             with self.lock:
                 self._holds.remove(h)
+                h.release()
 
     def builds_using(self, image_id: str) -> list[str]:
         with self.lock:
