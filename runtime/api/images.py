@@ -24,9 +24,9 @@ from runtime.api.errors import BadRequest
 from runtime.api.filters import bool_filter, query_bool, request_filters
 from runtime.api.routes import RouteTable
 from runtime.store import archive, views
-from runtime.store.images import ImageFilters, ImageStore, familiar
+from runtime.store.images import ImageFilters, ImageStore, created_unix, familiar
 
-IMAGE_FILTERS = ("dangling", "label", "reference", "before", "since")
+IMAGE_FILTERS = ("dangling", "label", "reference", "before", "since", "until")
 _SPOOL_CHUNK = 1 << 20
 
 
@@ -99,20 +99,33 @@ async def json_lines(request: web.Request, docs: list[dict[str, Any]]) -> web.St
     return resp
 
 
-def image_filters(request: web.Request) -> ImageFilters:
+def image_filters(request: web.Request, store: ImageStore) -> ImageFilters:
+    """Docker's /images/json filters; before=/since= name an image (store reads:
+    call in a worker thread)."""
     f = request_filters(request, IMAGE_FILTERS)
-    if f.get("before") or f.get("since"):
-        raise BadRequest("the before and since image filters are not supported by berthd")
+    bounds: dict[str, float | None] = {"before": None, "since": None, "until": None}
+    for key in bounds:
+        if not f.get(key):
+            continue
+        value = f[key][-1]
+        try:
+            bounds[key] = views.parse_timestamp(value) if key == "until" else \
+                created_unix(store.get(value).created)
+        except ValueError as e:
+            raise BadRequest(f"invalid filter '{key}={value}': {e}") from None
+    before = [b for b in (bounds["before"], bounds["until"]) if b is not None]
     return ImageFilters(dangling=bool_filter(f, "dangling"), labels=tuple(f.get("label", ())),
                         reference=tuple(f.get("reference", ())),
-                        include_intermediate=query_bool(request, "all"))
+                        include_intermediate=query_bool(request, "all"),
+                        created_before=min(before) if before else None,
+                        created_after=bounds["since"])
 
 
 async def list_images(request: web.Request) -> web.StreamResponse:
     store = store_of(request)
-    filters = image_filters(request)
 
     def summaries() -> list[dict[str, Any]]:
+        filters = image_filters(request, store)
         return [views.summary(store, rec) for rec in store.list_images(filters)]
 
     return web.json_response(await asyncio.to_thread(summaries))
@@ -165,12 +178,16 @@ async def delete_image(request: web.Request) -> web.StreamResponse:
 async def prune_images(request: web.Request) -> web.StreamResponse:
     store = store_of(request)
     f = request_filters(request, ("dangling", "label", "until"))
+    until = None
     if f.get("until"):
-        raise BadRequest("the until prune filter is not supported by berthd")
+        try:
+            until = views.parse_timestamp(f["until"][-1])
+        except ValueError as e:
+            raise BadRequest(f"invalid filter 'until={f['until'][-1]}': {e}") from None
     dangling = bool_filter(f, "dangling")
     result = await asyncio.to_thread(
         store.prune, all_images=dangling is False,
-        filters=ImageFilters(labels=tuple(f.get("label", ()))))
+        filters=ImageFilters(labels=tuple(f.get("label", ())), created_before=until))
     return web.json_response(result)
 
 
