@@ -19,9 +19,15 @@ class MemoryStats:
 def apply(path: Path, limit: int | None, memory_swap: int | None) -> None:
     if limit is not None:
         (path / "memory.max").write_text(str(limit) if limit > 0 else "max")
-    if memory_swap is not None and limit is not None and limit > 0:
+    if limit is not None and limit > 0:
         # Docker's --memory-swap is memory+swap; v2's swap.max is swap alone.
-        swap = "max" if memory_swap < 0 else str(max(memory_swap - limit, 0))
+        # Left unset, Docker allows as much swap as memory: without a bound a
+        # hog swaps into the host's swap (zram on Berth) for minutes instead
+        # of being OOM-killed at its limit.
+        if memory_swap is None:
+            swap = str(limit)
+        else:
+            swap = "max" if memory_swap < 0 else str(max(memory_swap - limit, 0))
         swap_file = path / "memory.swap.max"
         if swap_file.exists():
             swap_file.write_text(swap)

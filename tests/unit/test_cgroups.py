@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cgroups import Hierarchy, Resources
+from runtime.cgroups import Hierarchy, Resources, memory
 from runtime.cgroups.cpu import max_line, weight_from_shares
 from runtime.cgroups.io import weight_from_blkio
 
@@ -81,3 +81,16 @@ def test_pids_unlimited(tmp_path: Path, limit: int, expected: str) -> None:
     cg = h.container("p")
     cg.create(Resources(pids_limit=limit))
     assert (cg.path / "pids.max").read_text() == expected
+
+
+@pytest.mark.parametrize("memory_swap,expected", [(None, str(16 << 20)), (-1, "max"),
+                                                  (48 << 20, str(32 << 20))])
+def test_swap_bound_follows_dockers_memory_swap(
+    tmp_path: Path, memory_swap: int | None, expected: str
+) -> None:
+    # Unset --memory-swap means as much swap as memory (Docker), not unlimited swap.
+    cg = tmp_path / "c"
+    cg.mkdir()
+    (cg / "memory.swap.max").write_text("max\n")
+    memory.apply(cg, 16 << 20, memory_swap)
+    assert (cg / "memory.swap.max").read_text() == expected
