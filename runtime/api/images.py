@@ -168,11 +168,16 @@ async def delete_image(request: web.Request) -> web.StreamResponse:
     # noprune=1 keeps the untagged parents (a build's step images) that rmi removes.
     result = await asyncio.to_thread(store.remove, request.match_info["name"], force=force,
                                      prune=not query_bool(request, "noprune"))
-    for entry in result:
+    publish_removals(request, result)
+    return web.json_response(result)
+
+
+def publish_removals(request: web.Request, entries: list[dict[str, str]]) -> None:
+    """Docker's untag and delete events, one per entry of an rmi or prune answer."""
+    for entry in entries:
         for key, action in (("Untagged", "untag"), ("Deleted", "delete")):
             if key in entry:
                 backend(request).publish("image", action, entry[key], {"name": entry[key]})
-    return web.json_response(result)
 
 
 async def prune_images(request: web.Request) -> web.StreamResponse:
@@ -188,6 +193,9 @@ async def prune_images(request: web.Request) -> web.StreamResponse:
     result = await asyncio.to_thread(
         store.prune, all_images=dangling is False,
         filters=ImageFilters(labels=tuple(f.get("label", ())), created_before=until))
+    publish_removals(request, result["ImagesDeleted"] or [])
+    backend(request).publish("image", "prune", "",
+                             {"reclaimed": str(result["SpaceReclaimed"])})
     return web.json_response(result)
 
 

@@ -504,7 +504,10 @@ class ImageStore:
 
     def disk_bytes(self) -> int:
         row = self._row("SELECT COALESCE(SUM(size),0) FROM layers")
-        blob_bytes = sum(p.stat().st_size for p in self.blobs.dir.iterdir())
+        blob_bytes = 0
+        for p in self.blobs.dir.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                blob_bytes += p.stat().st_size
         return int(row[0] if row else 0) + blob_bytes
 
     # --- rows ---

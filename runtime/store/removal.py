@@ -182,40 +182,35 @@ def delete_chain(store: ImageStore, parent: str) -> list[Entry]:
 
 
 def prune(store: ImageStore, *, all_images: bool, filters: ImageFilters) -> dict[str, Any]:
-    """Delete dangling images with their chains (all unused ones with all_images)."""
-    deleted: list[Entry] = []
-    reclaimed = 0
-    skipped: set[str] = set()
-    while True:
-        with store.lock:
-            rec = _next_prunable(store, all_images, filters, skipped)
-            if rec is None:
-                break
-            before = store.disk_bytes()
-            names = [*rec.tags, *rec.repo_digests]
-            _untag(store, names)
-            deleted += [{"Untagged": familiar(n)} for n in names]
-            deleted += delete(store, rec.id)
-            deleted += delete_chain(store, rec.parent)
-            reclaimed += max(0, before - store.disk_bytes())
-    store.sweep_layers()
-    reclaimed += store.sweep_blobs()
-    return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
+    """Delete dangling images with their chains (all unused ones with all_images).
 
-
-def _next_prunable(store: ImageStore, all_images: bool, filters: ImageFilters,
-                   skipped: set[str]) -> ImageRecord | None:
-    """An image without children that prune may delete now (under the store's lock)."""
+    Passes over the listing until one deletes nothing: with all_images, deleting
+    an image can make its tagged parent a head the next pass removes."""
     from runtime.store.images import ImageFilters
 
-    heads = store.list_images(ImageFilters(labels=filters.labels,
-                                           created_before=filters.created_before,
-                                           dangling=None if all_images else True))
-    for rec in heads:
-        if rec.id in skipped or children(store, rec.id):
-            continue
-        if store.users.containers_using(rec.id) or store.builds_using(rec.id):
-            skipped.add(rec.id)
-            continue
-        return rec
-    return None
+    deleted: list[Entry] = []
+    before = store.disk_bytes()
+    progress = True
+    while progress:
+        progress = False
+        for listed in store.list_images(ImageFilters(
+                labels=filters.labels, created_before=filters.created_before,
+                dangling=None if all_images else True)):
+            with store.lock:  # checked again here: a build or a pull may have moved on
+                try:
+                    rec = store.get(listed.id)
+                except ImageNotFound:
+                    continue  # went with an earlier chain
+                if (rec.tags and not all_images) or not deletable(store, rec.id):
+                    continue
+                names = [*rec.tags, *rec.repo_digests]
+                _untag(store, names)
+                deleted += [{"Untagged": familiar(n)} for n in names]
+                deleted += delete(store, rec.id)
+                deleted += delete_chain(store, rec.parent)
+                progress = True
+    store.sweep_layers()
+    store.sweep_blobs()
+    # Measured once around the whole prune (a pull meanwhile can only make it smaller).
+    return {"ImagesDeleted": deleted or None,
+            "SpaceReclaimed": max(0, before - store.disk_bytes())}

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from runtime.api.app import make_app
 from runtime.api.backend import Backend, DaemonInfo
+from runtime.events import EventBus
 from runtime.store.archive import import_rootfs
 from runtime.store.commit import HistoryEntry, create_image
 from runtime.store.images import ImageStore
@@ -28,9 +29,9 @@ class Users:
         return self.using.get(image_id, [])
 
 
-def serve(store: ImageStore, check: Check) -> None:
+def serve(store: ImageStore, check: Check, events: EventBus | None = None) -> None:
     b = Backend(info=DaemonInfo(data_root=store.root, exec_root=store.root / "exec"),
-                images=store)
+                images=store, events=events)
 
     async def go() -> None:
         async with TestClient(TestServer(make_app(b))) as client:
@@ -56,6 +57,7 @@ def flt(**f: list[str]) -> str:
 
 def test_before_since_and_until_filters(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
+    events = EventBus()
     old = base_image(store, "old:1", "2020-01-01T00:00:00Z")
     mid = base_image(store, "mid:1", "2022-01-01T00:00:00Z")
     new = base_image(store, "new:1", "2024-01-01T00:00:00Z")
@@ -79,8 +81,11 @@ def test_before_since_and_until_filters(tmp_path: Path) -> None:
         deleted = {e["Deleted"] for e in (await r.json())["ImagesDeleted"] if "Deleted" in e}
         assert {old, mid} <= deleted and new not in deleted
         assert await ids(flt()) == {new}
+        seen = [(e.action, e.actor_id) for e in events.history()]
+        assert ("untag", "old:1") in seen and ("delete", old) in seen
+        assert seen[-1] == ("prune", "")
 
-    serve(store, check)
+    serve(store, check, events)
 
 
 def test_rmi_conflict_and_noprune(tmp_path: Path) -> None:
