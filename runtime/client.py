@@ -19,8 +19,7 @@ import json
 import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 if TYPE_CHECKING:
@@ -51,8 +50,9 @@ class DaemonError(ClientError):
         super().__init__(f"Error response from daemon: {message}")
 
 
-@dataclass(frozen=True)
-class TlsConfig:
+# NamedTuples and plain classes, not dataclasses: `dataclasses` imports `inspect`
+# (ast, dis, ...), a few ms of every `berth` start.
+class TlsConfig(NamedTuple):
     ca: str | None
     cert: str | None
     key: str | None
@@ -80,8 +80,7 @@ class TlsConfig:
         return ctx
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """Where the daemon listens: unix://PATH or tcp://HOST:PORT."""
 
     unix_path: str = ""
@@ -206,12 +205,12 @@ class Response:
             yield json.loads(pending)
 
 
-@dataclass
 class Hijacked:
     """A connection upgraded to a raw stream: read from `reader`, write to `sock`."""
 
-    sock: socket.socket
-    reader: IO[bytes]
+    def __init__(self, sock: socket.socket, reader: IO[bytes]) -> None:
+        self.sock = sock
+        self.reader = reader
 
     def close_write(self) -> None:
         with contextlib.suppress(OSError):

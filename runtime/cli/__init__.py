@@ -8,13 +8,13 @@ flags, no daemon) print one line and exit non-zero, with no traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runtime import __version__
-from runtime.cli import build, containers, images, networks, run, system, volumes
 from runtime.cli.common import Context
 from runtime.client import ClientError, TlsConfig
 
@@ -22,6 +22,18 @@ from runtime.client import ClientError, TlsConfig
 # module pulls in cryptography and aiohttp, so it is imported only when asked for.
 SIGN_VERBS = ("generate-key-pair", "sign", "verify", "login", "logout")
 _GLOBAL_WITH_VALUE = ("-H", "--host", "--tlscacert", "--tlscert", "--tlskey")
+# The module (under runtime.cli) whose register() adds each top-level verb: a run of
+# `berth VERB` imports only that one (importing all of them is ~10 ms of every start).
+# tests/unit/test_cli.py checks this table against what the modules register.
+VERB_MODULES: dict[str, str] = {
+    **dict.fromkeys(("run", "create", "start", "attach", "exec"), "run"),
+    **dict.fromkeys(("ps", "stop", "restart", "kill", "rm", "pause", "unpause", "wait",
+                     "rename", "logs", "inspect", "top", "stats", "port"), "containers"),
+    **dict.fromkeys(("images", "rmi", "pull", "push", "load", "import", "save", "history", "tag"),
+                    "images"),
+    **dict.fromkeys(("version", "info", "events"), "system"),
+    "volume": "volumes", "network": "networks", "build": "build", "attest": "build",
+}
 
 
 def first_verb(argv: Sequence[str]) -> str | None:
@@ -79,6 +91,12 @@ def build_parser(with_sign_verbs: bool = True, verb: str | None = None
     parser = _global_parser()
     real = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub: Any = _OnlyVerb(real, verb)
+    if verb in VERB_MODULES and verb not in SIGN_VERBS:
+        importlib.import_module(f"runtime.cli.{VERB_MODULES[verb]}").register(sub)
+        if sub.built:
+            return parser
+    from runtime.cli import build, containers, images, networks, run, system, volumes
+
     run.register(sub)
     containers.register(sub)
     images.register(sub)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from runtime.cli.common import UsageError, parse_bytes, parse_key_values
@@ -89,7 +88,8 @@ def parse_env(items: list[str], files: list[str],
     env: list[str] = []
     for f in files:
         try:
-            lines = Path(f).read_text().splitlines()
+            with open(f) as env_file:
+                lines = env_file.read().splitlines()
         except OSError as e:
             raise UsageError(f"cannot read env file {f}: {e.strerror}") from e
         items = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")] \

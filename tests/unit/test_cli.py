@@ -235,3 +235,39 @@ def test_tls_files_default_to_docker_cert_path(tmp_path: Path) -> None:
     tls = tls_from_args(given, env={"DOCKER_CERT_PATH": str(tmp_path)})
     assert tls is not None and tls.ca == "/my/ca" and tls.cert == str(tmp_path / "cert.pem")
     assert tls_from_args(build_parser(False, verb="ps").parse_args(["ps"])) is None
+
+
+def test_each_verb_is_found_in_the_module_that_registers_it() -> None:
+    # `berth VERB` imports only VERB_MODULES[VERB]; a verb missing or misplaced there
+    # would still work (the full parser is the fallback) but lose the fast start.
+    import argparse
+    import importlib
+
+    from runtime.cli import VERB_MODULES
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+            self.names.append(name)
+            return argparse.ArgumentParser(add_help=bool(kwargs.get("add_help", True)))
+
+    registered: dict[str, str] = {}
+    for module in sorted(set(VERB_MODULES.values())):
+        rec = Recorder()
+        importlib.import_module(f"runtime.cli.{module}").register(rec)
+        registered.update(dict.fromkeys(rec.names, module))
+    assert registered == VERB_MODULES
+
+
+def test_a_run_imports_only_its_verbs_module() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from runtime.cli import build_parser; build_parser(False, 'run'); "
+            "print(sorted(m for m in sys.modules if m.startswith('runtime.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    assert "runtime.cli.build" not in out and "runtime.cli.images" not in out
+    assert "runtime.cli.run" in out
