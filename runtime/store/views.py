@@ -7,7 +7,7 @@ import re
 import time
 from typing import Any
 
-from runtime.oci import chain_id
+from runtime.oci import ImageNotFound, chain_id
 from runtime.store.images import ImageRecord, ImageStore, created_unix, familiar
 
 
@@ -105,9 +105,18 @@ def history(store: ImageStore, rec: ImageRecord) -> list[dict[str, Any]]:
                     "CreatedBy": h.get("created_by", ""), "Tags": None, "Size": size,
                     "Comment": h.get("comment", "")})
     out.reverse()
-    if out:
-        out[0]["Id"] = rec.id
-        out[0]["Tags"] = [familiar(t) for t in rec.tags] or None
+    # As Docker: newest entry first, each named by the image along the parent chain
+    # (a build's step images, then the base where it is in the store).
+    step: ImageRecord | None = rec
+    for entry in out:
+        if step is None:
+            break
+        entry["Id"] = step.id
+        entry["Tags"] = [familiar(t) for t in step.tags] or None
+        try:
+            step = store.get(step.parent) if step.parent else None
+        except ImageNotFound:
+            step = None
     return out
 
 

@@ -88,6 +88,9 @@ def test_rmi_of_a_built_image_deletes_its_step_images(daemon: tuple[Berthd, Path
     assert set(api_ids(d)) == set(image_ids(d))
     assert set(api_ids(d, "?all=1")) == set(every)
     steps = set(every) - {*busybox, app}
+    # `history` names each step by its image, down to the tagged base.
+    ids = d.berth("history", "-q", "--no-trunc", "app:1").stdout.split()
+    assert ids[0] == app and set(ids[1:5]) == steps and ids[5:] == busybox
 
     out = d.berth("rmi", "app:1").stdout.splitlines()
     assert out[0] == "Untagged: app:1"

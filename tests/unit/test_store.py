@@ -427,3 +427,12 @@ def test_images_held_by_a_running_build_survive_prune(store: ImageStore) -> None
         assert store.builds_using(steps[-1]) == ["build 1"]
     assert store.builds_using(steps[-1]) == []
     assert store.prune()["ImagesDeleted"] == [{"Deleted": i} for i in (*reversed(steps), base)]
+
+
+def test_history_names_each_step_by_its_image(store: ImageStore) -> None:
+    base = imported(store, "base:1")
+    steps = chain(store, base, "ENV A=1", "CMD x", tag="app:1")
+    hist = views.history(store, store.get("app:1"))
+    assert [h["Id"] for h in hist] == [*reversed(steps), base]
+    assert [h["Tags"] for h in hist] == [["app:1"], None, ["base:1"]]
+    assert hist[0]["CreatedBy"] == "CMD x"
