@@ -64,13 +64,14 @@ def remove(store: ImageStore, ref: str, *, force: bool = False,
             f"{r.name}@{r.digest}" in rec.repo_digests
         containers = store.users.containers_using(rec.id)
         if r is not None and (by_tag or by_digest):
-            if not force and containers and _single_reference(rec):
+            name = r.tagged if by_tag else f"{r.name}@{r.digest}"
+            untag = [name, *_orphaned_digests(rec, r.name, name)]
+            # Docker's isSingleReference check: the image would be left without a name.
+            if not force and containers and set(untag) >= {*rec.tags, *rec.repo_digests}:
                 raise ImageConflict(ref, f'conflict: unable to remove repository reference '
                                     f'"{ref}" (must force) - container '
                                     f'{short_id(containers[0])} is using its referenced '
                                     f'image {short_id(rec.id)}')
-            name = r.tagged if by_tag else f"{r.name}@{r.digest}"
-            untag = [name, *_orphaned_digests(rec, r.name, name)]
         else:
             _check_delete_by_id(store, rec, ref, containers, force)
             untag = [*rec.tags, *rec.repo_digests]
@@ -83,13 +84,6 @@ def remove(store: ImageStore, ref: str, *, force: bool = False,
         if prune:
             out += delete_chain(store, rec.parent)
     return out
-
-
-def _single_reference(rec: ImageRecord) -> bool:
-    """Docker's isSingleReference: one tag (and digests) within one repository."""
-    repos = {t.rsplit(":", 1)[0] for t in rec.tags} | {d.split("@", 1)[0]
-                                                     for d in rec.repo_digests}
-    return len(rec.tags) <= 1 and len(repos) == 1
 
 
 def _orphaned_digests(rec: ImageRecord, repo: str, removed: str) -> list[str]:

@@ -353,9 +353,14 @@ def test_rmi_of_the_last_tag_a_container_uses_needs_force(store: ImageStore,
         'conflict: unable to remove repository reference "app:1" (must force) - container '
         f"c0ffeec0ffee is using its referenced image {iid[7:19]}")
     assert store.get("app:1").id == iid
+    # A digest in another repository does not keep the image named once its last tag goes.
+    store.add_repo_digest(iid, "r.example/app", "sha256:" + "1" * 64)
+    with pytest.raises(ImageConflict, match="must force"):
+        store.remove("app:1")
     store.tag(iid, "app:2")  # another name left: untagging one needs no force
     assert store.remove("app:2") == [{"Untagged": "app:2"}]
-    assert store.remove("app:1", force=True) == [{"Untagged": "app:1"}]
+    assert store.remove("app:1", force=True) == [
+        {"Untagged": "app:1"}, {"Untagged": "r.example/app@sha256:" + "1" * 64}]
     assert store.get(iid).dangling and store.resolve(iid).layer_dirs[0].is_dir()
 
 
