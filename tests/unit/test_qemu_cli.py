@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,10 @@ from hostos.vm import banner
 from qemu.machine import Machine
 from qemu.spec import MachineSpec
 from runtime import tls
+from runtime.run import run
 from tests.unit.test_qemu_cmdline import IMAGE
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_lists_the_overrides(capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,3 +53,15 @@ def test_banner_tells_how_to_reach_the_api(tmp_path: Path) -> None:
     assert f"--tlscacert={certs.ca}" in text and f"--tlscert={certs.client_cert}" in text
     assert f"DOCKER_CERT_PATH={certs.directory}" in text
     assert "DOCKER_TLS_VERIFY=1" in text
+
+
+def test_hostos_starts_without_qemu_qmp() -> None:
+    # The image ships hostos but not qemu.qmp (a development-host dependency):
+    # registering the qemu verb must not import it, or every verb fails there.
+    code = (
+        "import sys; sys.modules['qemu.qmp'] = None\n"
+        "from hostos.cli import build_parser\n"
+        "build_parser().parse_args(['qemu', '--tcg'])\n"
+    )
+    r = run([sys.executable, "-c", code], check=False, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
