@@ -83,7 +83,8 @@ def banner(port: int, certs: tls.TlsFiles, machine: Machine) -> str:
         f"  or: export DOCKER_HOST=tcp://127.0.0.1:{port} DOCKER_TLS_VERIFY=1 "
         f"DOCKER_CERT_PATH={shlex.quote(str(certs.directory))}",
         f"  console log {machine.paths.console_log}",
-        f"  root test shell: socat -,raw,echo=0 UNIX-CONNECT:{machine.paths.shell_socket}",
+        "  A root shell opens on this console early in the boot (press Enter for a prompt);",
+        "  it exists only because hostos qemu asks for it on the kernel command line.",
         "  Ctrl-A X quits QEMU.",
     ]
     return "\n".join(lines) + "\n"
@@ -116,6 +117,8 @@ def qemu(args: argparse.Namespace) -> int:
             kernel_args=tuple(args.append),
             persistent=args.keep_disk,
             console=ConsoleMode.STDIO,
+            test_shell=False,
+            console_shell=True,
         )
     except ValueError as e:
         raise HostosError(str(e)) from e

@@ -109,6 +109,10 @@ class MachineSpec:
     # A root shell on ttyS1 (systemd.debug_shell) for Machine.run(); exists
     # only because the harness asks for it on the kernel command line.
     test_shell: bool = True
+    # A root shell on the console instead of the login prompt (hostos qemu:
+    # the image has no root password). systemd runs one debug shell only, so
+    # this excludes the test shell.
+    console_shell: bool = False
     # Print unit start/stop lines on the console ("Started berthd.service"
     # appears once the service signalled READY=1).
     show_status: bool = True
@@ -130,6 +134,8 @@ class MachineSpec:
             if key in seen:
                 raise ValueError(f"guest port {f.proto}/{f.guest_port} is forwarded twice")
             seen.add(key)
+        if self.console_shell and self.test_shell:
+            raise ValueError("console_shell and test_shell exclude each other (one debug shell)")
         names = [c.name for c in self.credentials]
         if len(names) != len(set(names)):
             raise ValueError(f"a credential is given twice: {sorted(names)}")
@@ -139,11 +145,13 @@ class MachineSpec:
         args = [f"console={CONSOLE_TTY}"]
         if self.show_status:
             args.append("systemd.show_status=1")
-        if self.console is ConsoleMode.LOG:
+        if self.console is ConsoleMode.LOG or self.console_shell:
             # Nobody types at a logged console, and while a getty holds it
             # systemd stops printing status lines there ("Started ...").
             args.append("systemd.getty_auto=0")
         if self.test_shell:
             args.append(f"systemd.debug_shell={SHELL_TTY}")
+        elif self.console_shell:
+            args.append(f"systemd.debug_shell={CONSOLE_TTY}")
         args.extend(self.kernel_args)
         return args

@@ -127,6 +127,14 @@ def test_test_shell_is_only_there_when_asked() -> None:
     assert "debug_shell" not in append
 
 
+def test_interactive_console_gets_the_root_shell_instead_of_a_login() -> None:
+    spec = MachineSpec(IMAGE, console=ConsoleMode.STDIO, test_shell=False, console_shell=True)
+    args = kernel_cmdline(spec).split()
+    assert "systemd.debug_shell=ttyS0" in args and "systemd.getty_auto=0" in args
+    with pytest.raises(ValueError, match="exclude each other"):
+        MachineSpec(IMAGE, console_shell=True)
+
+
 def test_console_goes_to_a_log_or_the_terminal() -> None:
     logged = qemu_cmd(MachineSpec(IMAGE), PATHS, Accel.TCG)
     assert "file,id=console,path=/state/console.log,append=on" in opt_values(logged, "-chardev")
