@@ -8,9 +8,18 @@ engine runs in this process, so its growth is inside both figures). crun
 has no daemon and no per-container monitor either, so it is the floor:
 the target is berth <= 1.2x crun.
 
-Both run busybox `sleep` with pid, net, ipc, uts, mount and cgroup
-namespaces; berth adds a user namespace, an overlayfs (per-container upper
-dir over the shared layer), a log FIFO pair and its records. crun runs on
+The sides alternate in rounds (N/5 containers each per round, all kept
+running), and each side's figures sum only its own rounds, so the machine's
+drift hits every side alike. Sides: berth as it ships; "berth bare" (no
+user namespace, no seccomp filter: the isolation bare crun has) to show what
+those two cost; bare crun.
+
+All run busybox `sleep` with pid, net, ipc, uts, mount and cgroup
+namespaces; berth adds a user namespace, Docker's seccomp profile (x86_64,
+x86 and x32: ~970 BPF instructions, ~18 KiB of kernel memory each, a filter
+the kernel cannot share between unrelated processes), an overlayfs
+(per-container upper dir over the shared layer), a log FIFO pair and its
+records. crun runs on
 one shared read-only rootfs directory, with its cgroup manager disabled
 (so that its containers are charged to our memory cgroup, see charged()).
 Everything happens in a network namespace made for the run; the machine's
@@ -32,6 +41,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from runtime import cgroups
 from runtime.container.manager import ContainerManager, EngineConfig
@@ -51,6 +61,8 @@ SETTLE = 3.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=1000, help="containers (default 1000)")
     parser.add_argument("--no-crun", action="store_true", help="skip the crun side")
+    parser.add_argument("--no-bare", action="store_true",
+                        help="skip berth without user namespace and seccomp (crun's isolation)")
     parser.add_argument("--podman", type=int, default=0, metavar="N",
                         help="also run N podman containers (slow: ~0.4 s each); 0 = skip")
 
@@ -101,77 +113,155 @@ def settle() -> None:
     time.sleep(SETTLE)
 
 
-async def berth_side(tmp: Path, n: int, images: ImageStore) -> dict[str, float]:
-    exec_root = Path(tempfile.mkdtemp(prefix="berth-bench-run-"))
-    exec_root.chmod(0o711)
-    cg_root = cgroups.default_root().with_name(f"berth-bench-{uuid.uuid4().hex[:8]}")
-    m = ContainerManager(EngineConfig(root=tmp / "data", exec_root=exec_root,
-                                      cgroup_root=cg_root), images, EventBus())
-    await m.adopt()
-    # Warm: compile the seccomp filter, touch the code paths once.
-    warm = await m.create(CreateRequest(image=IMAGE, cmd=("true",)))
-    await m.start(warm.id)
-    await m.wait(warm.id)
-    await m.remove(warm.id)
-    settle()
-    mem0, rss0, cg0 = meminfo(), rss(), charged()
-    t0 = time.perf_counter()
-    try:
-        for i in range(n):
-            rec = await m.create(CreateRequest(image=IMAGE, cmd=("sleep", "1000000")))
-            await m.start(rec.id)
-            if (i + 1) % 100 == 0:
-                print(f"  berth: {i + 1}/{n} started", flush=True)
-        started = time.perf_counter() - t0
-        settle()
-        mem1, rss1, cg1 = meminfo(), rss(), charged()
-    finally:
+ROUNDS = 5  # the sides alternate in rounds: a shared machine's load drifts during a run
+
+
+class BerthSide:
+    """berth's engine in this process; `variant` picks the isolation (see VARIANTS)."""
+
+    def __init__(self, tmp: Path, images: ImageStore, label: str,
+                 request: dict[str, Any]) -> None:
+        self.label = label
+        self.request = request
+        self.exec_root = Path(tempfile.mkdtemp(prefix="berth-bench-run-"))
+        self.exec_root.chmod(0o711)
+        self.cg_root = cgroups.default_root().with_name(f"berth-bench-{uuid.uuid4().hex[:8]}")
+        self.m = ContainerManager(EngineConfig(root=tmp / f"engine-{uuid.uuid4().hex[:6]}",
+                                               exec_root=self.exec_root,
+                                               cgroup_root=self.cg_root), images, EventBus())
+
+    async def open(self) -> None:
+        await self.m.adopt()
+        # Warm: compile the seccomp filter, touch the code paths once.
+        warm = await self.m.create(CreateRequest(image=IMAGE, cmd=("true",),
+                                                 **self.request))
+        await self.m.start(warm.id)
+        await self.m.wait(warm.id)
+        await self.m.remove(warm.id)
+
+    async def start(self, n: int) -> None:
+        for _ in range(n):
+            rec = await self.m.create(CreateRequest(image=IMAGE, cmd=("sleep", "1000000"),
+                                                    **self.request))
+            await self.m.start(rec.id)
+
+    async def close(self) -> float:
         t0 = time.perf_counter()
-        for cid in list(m.containers):
-            await m.remove(cid, force=True)
+        for cid in list(self.m.containers):
+            await self.m.remove(cid, force=True)
         removed = time.perf_counter() - t0
-        await m.shutdown()
-    shutil.rmtree(exec_root, ignore_errors=True)
-    cg_root.rmdir()
-    return {"per_container": (mem0 - mem1) / n, "start_all": started, "remove_all": removed,
-            "rss_before": rss0, "rss_after": rss1, "charged": (cg1 - cg0) / n}
+        await self.m.shutdown()
+        shutil.rmtree(self.exec_root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.cg_root.rmdir()
+        return removed
 
 
-def crun_side(tmp: Path, n: int, rootfs_tar: Path) -> dict[str, float]:
-    bundle = tmp / "bundle"
-    (bundle / "rootfs").mkdir(parents=True)
-    run(["tar", "-xf", str(rootfs_tar), "-C", str(bundle / "rootfs")])
-    run(["crun", "spec"], cwd=bundle)
-    cfg = json.loads((bundle / "config.json").read_text())
-    cfg["process"]["terminal"] = False
-    cfg["process"]["args"] = ["sleep", "1000000"]
-    cfg["linux"]["namespaces"].append({"type": "cgroup"})
-    (bundle / "config.json").write_text(json.dumps(cfg))
-    state = tmp / "crun-state"
-    empty = tmp / "empty"
-    empty.touch()
-    hide = f"mount --bind {empty} /sys/fs/cgroup/unified/cgroup.controllers"
-    prefix = f"b{uuid.uuid4().hex[:6]}"
-    script = (f"{hide} && for i in $(seq 1 {n}); do "
-              f"crun --cgroup-manager=disabled --root {state} run -d --bundle {bundle} {prefix}$i "
-              f"</dev/null >/dev/null 2>&1 || exit 1; "
-              f"done")
-    settle()
-    mem0, cg0 = meminfo(), charged()
-    t0 = time.perf_counter()
-    run(["unshare", "-m", "sh", "-c", script])
-    started = time.perf_counter() - t0
-    settle()
-    mem1, cg1 = meminfo(), charged()
-    listing = json.loads(run(["crun", "--root", str(state), "list", "-f", "json"]).stdout or "[]")
-    pids = [int(c["pid"]) for c in listing if c.get("pid")]
-    cleanup = (f"{hide} && for i in $(seq 1 {n}); do "
-               f"crun --root {state} delete -f {prefix}$i; done")
-    run(["unshare", "-m", "sh", "-c", cleanup], check=False)
-    for pid in pids:  # whatever crun did not stop, by PID
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return {"per_container": (mem0 - mem1) / n, "start_all": started, "charged": (cg1 - cg0) / n}
+class CrunSide:
+    """Bare `crun run -d` (crun's default spec: no user namespace, no seccomp)."""
+
+    label = "crun run -d"
+
+    def __init__(self, tmp: Path, rootfs_tar: Path) -> None:
+        self.bundle = tmp / "bundle"
+        (self.bundle / "rootfs").mkdir(parents=True)
+        run(["tar", "-xf", str(rootfs_tar), "-C", str(self.bundle / "rootfs")])
+        run(["crun", "spec"], cwd=self.bundle)
+        cfg = json.loads((self.bundle / "config.json").read_text())
+        cfg["process"]["terminal"] = False
+        cfg["process"]["args"] = ["sleep", "1000000"]
+        cfg["linux"]["namespaces"].append({"type": "cgroup"})
+        (self.bundle / "config.json").write_text(json.dumps(cfg))
+        self.state = tmp / "crun-state"
+        self.empty = tmp / "empty"
+        self.empty.touch()
+        self.prefix = f"b{uuid.uuid4().hex[:6]}"
+        self.count = 0
+
+    def _hide(self) -> str:
+        return f"mount --bind {self.empty} /sys/fs/cgroup/unified/cgroup.controllers"
+
+    async def start(self, n: int) -> None:
+        first, self.count = self.count + 1, self.count + n
+        script = (f"{self._hide()} && for i in $(seq {first} {self.count}); do "
+                  f"crun --cgroup-manager=disabled --root {self.state} run -d "
+                  f"--bundle {self.bundle} {self.prefix}$i </dev/null >/dev/null 2>&1 "
+                  f"|| exit 1; done")
+        run(["unshare", "-m", "sh", "-c", script])
+
+    async def close(self) -> float:
+        t0 = time.perf_counter()
+        listing = json.loads(run(["crun", "--root", str(self.state), "list", "-f",
+                                  "json"]).stdout or "[]")
+        pids = [int(c["pid"]) for c in listing if c.get("pid")]
+        cleanup = (f"{self._hide()} && for i in $(seq 1 {self.count}); do "
+                   f"crun --root {self.state} delete -f {self.prefix}$i; done")
+        run(["unshare", "-m", "sh", "-c", cleanup], check=False)
+        for pid in pids:  # whatever crun did not stop, by PID
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return time.perf_counter() - t0
+
+
+Side = BerthSide | CrunSide
+
+
+async def interleaved(sides: list[Side], n: int) -> dict[str, dict[str, float]]:
+    """Start n containers per side in alternating rounds; per side, the growth of our
+    memory cgroup and MemAvailable over its own rounds only, and its start time."""
+    out = {s.label: {"charged": 0.0, "per_container": 0.0, "start_all": 0.0} for s in sides}
+    per_round = [n // ROUNDS + (1 if r < n % ROUNDS else 0) for r in range(ROUNDS)]
+    for r, k in enumerate(per_round):
+        for side in sides:
+            settle()
+            mem0, cg0 = meminfo(), charged()
+            t0 = time.perf_counter()
+            await side.start(k)
+            started = time.perf_counter() - t0
+            settle()
+            mem1, cg1 = meminfo(), charged()
+            o = out[side.label]
+            o["charged"] += (cg1 - cg0) / n
+            o["per_container"] += (mem0 - mem1) / n
+            o["start_all"] += started
+        print(f"  round {r + 1}/{ROUNDS}: {sum(per_round[:r + 1])}/{n} per side running, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+    return out
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "berth": {},
+    # The same isolation as bare crun: no user namespace, no seccomp filter.
+    "berth bare": {"userns": False, "seccomp": "unconfined"},
+}
+
+
+async def berth_and_crun(tmp: Path, n: int, images: ImageStore, tar: Path,
+                         with_crun: bool, bare: bool) -> tuple[dict[str, dict[str, float]],
+                                                              float, float]:
+    sides: list[Side] = [BerthSide(tmp, images, "berth", VARIANTS["berth"])]
+    if bare:
+        sides.append(BerthSide(tmp, images, "berth bare", VARIANTS["berth bare"]))
+    for side in sides:
+        assert isinstance(side, BerthSide)
+        await side.open()
+    # The engine made us a subreaper (for re-adoption); crun's detached containers must
+    # not become our children. berth's containers are our children anyway (clone3).
+    set_child_subreaper(False)
+    if with_crun:
+        sides.append(CrunSide(tmp, tar))
+    rss0 = rss()
+    removed = float("nan")
+    try:
+        result = await interleaved(sides, n)
+        rss1 = rss()
+    finally:
+        for side in sides:
+            took = await side.close()
+            if side.label == "berth":
+                removed = took
+    berth_sides = sum(isinstance(s, BerthSide) for s in sides)
+    return result, (rss1 - rss0) / (n * berth_sides), removed
 
 
 PODMAN_CONF = """[containers]
@@ -215,11 +305,13 @@ def podman_side(tmp: Path, n: int, rootfs_tar: Path) -> dict[str, float]:
 def main(args: argparse.Namespace) -> int:
     n = args.count
     tmp = Path(tempfile.mkdtemp(prefix="berth-density-"))
+    tmp.chmod(0o711)
     netns = f"berth-density-{uuid.uuid4().hex[:8]}"
     run(["ip", "netns", "add", netns])
     sys = LibcSys()
     own = os.open("/proc/self/ns/net", os.O_RDONLY)
     target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    load0 = os.getloadavg()
     try:
         from tests.privileged.images import busybox_rootfs_tar
 
@@ -228,35 +320,45 @@ def main(args: argparse.Namespace) -> int:
         with tar.open("rb") as f:
             import_rootfs(images, f, tag=IMAGE)
         sys.setns(target, Namespace.NET)
-        print(f"berth: starting {n} idle containers", flush=True)
-        b = asyncio.run(berth_side(tmp, n, images))
-        set_child_subreaper(False)  # crun's detached containers must not become ours
-        c = None if args.no_crun else crun_side(tmp, n, tar)
+        print(f"starting {n} idle containers per side, sides alternating in {ROUNDS} rounds",
+              flush=True)
+        sides, rss_per, removed = asyncio.run(berth_and_crun(
+            tmp, n, images, tar, with_crun=not args.no_crun, bare=not args.no_bare))
         p = podman_side(tmp, args.podman, tar) if args.podman else None
     finally:
         sys.setns(own, Namespace.NET)
         run(["ip", "netns", "delete", netns], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
+    load1 = os.getloadavg()
     kib = 1024
     nan = float("nan")
-    cc = c or {"per_container": nan, "start_all": nan, "charged": nan}
-    print(f"\n{n} idle containers")
-    print(f"{'':34}{'berth':>10}{'crun run -d':>13}{'ratio':>8}")
-    for label, key in (("memory charged / ctr (KiB)", "charged"),
-                       ("MemAvailable drop / ctr (KiB)", "per_container")):
-        print(f"{label:34}{b[key] / kib:>10.0f}{cc[key] / kib:>13.0f}"
-              f"{b[key] / cc[key] if cc[key] else nan:>8.2f}")
-    print(f"{'start all (s)':34}{b['start_all']:>10.2f}{cc['start_all']:>13.2f}"
-          f"{b['start_all'] / cc['start_all']:>8.2f}")
-    print(f"{'remove all (s)':34}{b['remove_all']:>10.2f}")
+    b = sides["berth"]
+    crun = sides.get("crun run -d", {"per_container": nan, "start_all": nan, "charged": nan})
+    names = list(sides)
+    print(f"\n{n} idle containers per side (load average {load0[0]:.1f} at the start, "
+          f"{load1[0]:.1f} at the end; 2 cores)")
+    print(f"{'':32}" + "".join(f"{name:>14}" for name in names))
+    for label, key, scale in (("memory charged / ctr (KiB)", "charged", kib),
+                              ("MemAvailable drop / ctr (KiB)", "per_container", kib),
+                              ("start all (s)", "start_all", 1)):
+        print(f"{label:32}" + "".join(f"{sides[name][key] / scale:>14.1f}" for name in names))
+    if "crun run -d" in sides:
+        for name in names[:-1]:
+            side = sides[name]
+            print(f"ratio {name} / bare crun: charged {side['charged'] / crun['charged']:.2f}"
+                  f" (target <= 1.2), MemAvailable "
+                  f"{side['per_container'] / crun['per_container']:.2f}, start all "
+                  f"{side['start_all'] / crun['start_all']:.2f}")
+    print(f"remove all {n} berth containers: {removed:.2f} s")
     if p is not None:
-        print(f"podman ({p['count']:.0f} containers): {p['charged'] / kib:.0f} KiB charged per "
-              f"container (MemAvailable: {p['per_container'] / kib:.0f} KiB); berth/podman "
-              f"{b['charged'] / p['charged']:.2f}; {p['start_all'] / p['count'] * 1000:.0f} ms "
-              f"per start (berth {b['start_all'] / n * 1000:.0f} ms)")
-    print(f"daemon RSS: {b['rss_before'] / (1 << 20):.1f} MiB before, "
-          f"{b['rss_after'] / (1 << 20):.1f} MiB with {n} containers "
-          f"({(b['rss_after'] - b['rss_before']) / n / kib:.1f} KiB per container)")
-    print("memory charged = growth of this process's cgroup-v1 memory cgroup (containers and "
-          "their kernel objects; the machine's other work excluded); MemAvailable is noisy")
+        print(f"podman ({p['count']:.0f} containers, after the others): {p['charged'] / kib:.0f} "
+              f"KiB charged per container (MemAvailable: {p['per_container'] / kib:.0f} KiB); "
+              f"berth/podman charged {b['charged'] / p['charged']:.2f}, MemAvailable "
+              f"{b['per_container'] / p['per_container']:.2f} (target <= 0.15); "
+              f"{p['start_all'] / p['count'] * 1000:.0f} ms per start "
+              f"(berth {b['start_all'] / n * 1000:.0f} ms)")
+    print(f"daemon (this process) RSS: +{rss_per / kib:.1f} KiB per berth container")
+    print("memory charged = growth of this process's cgroup-v1 memory cgroup over each side's "
+          "own rounds (containers and their kernel objects; the machine's other work "
+          "excluded); MemAvailable is noisy on a shared machine")
     return 0
