@@ -21,6 +21,9 @@ from qemu.qmp.error import QMPError
 from qemu.qmp.protocol import ConnectError
 
 log = logging.getLogger("berth.qemu")
+# qemu.qmp logs every refused connection attempt as an error and QEMU's exit
+# as news; the harness reports what matters itself.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
 
