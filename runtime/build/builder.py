@@ -334,7 +334,7 @@ class _Build:
         if iid is None:
             return False
         try:
-            cfg = await asyncio.to_thread(self._cached_config, iid)
+            cfg = await asyncio.to_thread(self._cached_config, iid, key)
         except (ImageNotFound, LookupError, OSError, ValueError):
             return False
         st.image_id, st.config = iid, cfg
@@ -342,9 +342,13 @@ class _Build:
         await self.say(f" ---> Using cache\n ---> {_short(iid)}\n")
         return True
 
-    def _cached_config(self, iid: str) -> ImageConfig:
+    def _cached_config(self, iid: str, key: str) -> ImageConfig:
         with self.store.lock:
-            self.store.lookup(iid)  # still there?
+            try:
+                self.store.lookup(iid)  # still there?
+            except ImageNotFound:
+                self.o.cache.forget(key)  # removed by rmi or prune: a miss from now on
+                raise
             self.hold.add(iid)
         return self.store.image_config(iid)
 

@@ -97,6 +97,10 @@ def test_rmi_of_a_built_image_deletes_its_step_images(daemon: tuple[Berthd, Path
     assert out[1] == f"Deleted: {app}"
     assert {line.removeprefix("Deleted: ") for line in out[2:]} == steps and len(out) == 6
     assert image_ids(d, "-a") == busybox  # busybox is tagged: the chain stops there
+    # The cache went with the step images: the next build runs every step again.
+    again = d.berth("build", "-t", "app:1", str(ctx), timeout=180).stdout
+    assert "Using cache" not in again
+    assert d.berth("run", "--rm", "app:1").stdout == "hi\n"
 
 
 def test_prune_removes_a_failed_builds_chain_in_one_call(daemon: tuple[Berthd, Path]) -> None:
