@@ -98,8 +98,12 @@ def memcg_usage(rel: str | None = None) -> int:
         return 0
 
 
-def charged(extra: tuple[str, ...] = ()) -> int:
-    return memcg_usage() + sum(memcg_usage(rel) for rel in extra)
+# Where podman's cgroupfs manager puts conmon and its containers (v1, hierarchical).
+PODMAN_MEMCG = "libpod_parent"
+
+
+def charged() -> int:
+    return memcg_usage() + memcg_usage(PODMAN_MEMCG)
 
 
 def rss() -> int:
@@ -203,16 +207,17 @@ class CrunSide:
         return time.perf_counter() - t0
 
 
-Side = BerthSide | CrunSide
-
-
 async def interleaved(sides: list[Side], n: int) -> dict[str, dict[str, float]]:
     """Start n containers per side in alternating rounds; per side, the growth of our
     memory cgroup and MemAvailable over its own rounds only, and its start time."""
-    out = {s.label: {"charged": 0.0, "per_container": 0.0, "start_all": 0.0} for s in sides}
-    per_round = [n // ROUNDS + (1 if r < n % ROUNDS else 0) for r in range(ROUNDS)]
-    for r, k in enumerate(per_round):
+    out = {s.label: {"charged": 0.0, "per_container": 0.0, "start_all": 0.0,
+                     "count": float(_count(s, n))} for s in sides}
+    for r in range(ROUNDS):
         for side in sides:
+            total = _count(side, n)
+            k = total // ROUNDS + (1 if r < total % ROUNDS else 0)
+            if not k:
+                continue
             settle()
             mem0, cg0 = meminfo(), charged()
             t0 = time.perf_counter()
@@ -221,12 +226,15 @@ async def interleaved(sides: list[Side], n: int) -> dict[str, dict[str, float]]:
             settle()
             mem1, cg1 = meminfo(), charged()
             o = out[side.label]
-            o["charged"] += (cg1 - cg0) / n
-            o["per_container"] += (mem0 - mem1) / n
+            o["charged"] += (cg1 - cg0) / total
+            o["per_container"] += (mem0 - mem1) / total
             o["start_all"] += started
-        print(f"  round {r + 1}/{ROUNDS}: {sum(per_round[:r + 1])}/{n} per side running, "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)
+        print(f"  round {r + 1}/{ROUNDS} done, load {os.getloadavg()[0]:.1f}", flush=True)
     return out
+
+
+def _count(side: Side, n: int) -> int:
+    return side.n if isinstance(side, PodmanSide) else n
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -236,9 +244,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-async def berth_and_crun(tmp: Path, n: int, images: ImageStore, tar: Path,
-                         with_crun: bool, bare: bool) -> tuple[dict[str, dict[str, float]],
-                                                              float, float]:
+async def berth_and_peers(tmp: Path, n: int, images: ImageStore, tar: Path,
+                          with_crun: bool, bare: bool, podman: int
+                          ) -> tuple[dict[str, dict[str, float]], float, float]:
     sides: list[Side] = [BerthSide(tmp, images, "berth", VARIANTS["berth"])]
     if bare:
         sides.append(BerthSide(tmp, images, "berth bare", VARIANTS["berth bare"]))
@@ -250,6 +258,8 @@ async def berth_and_crun(tmp: Path, n: int, images: ImageStore, tar: Path,
     set_child_subreaper(False)
     if with_crun:
         sides.append(CrunSide(tmp, tar))
+    if podman:
+        sides.append(PodmanSide(tmp, tar, podman))
     rss0 = rss()
     removed = float("nan")
     try:
@@ -274,32 +284,34 @@ events_logger="file"
 """
 
 
-def podman_side(tmp: Path, n: int, rootfs_tar: Path) -> dict[str, float]:
-    """podman with MACHINE-NOTES' settings: one conmon per container."""
-    conf, storage = tmp / "containers.conf", tmp / "storage.conf"
-    conf.write_text(PODMAN_CONF)
-    storage.write_text(f'[storage]\ndriver="overlay"\ngraphroot="{tmp}/pm-graph"\n'
-                       f'runroot="{tmp}/pm-run"\n')
-    env = {"CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
-    run(["podman", "import", str(rootfs_tar), "bb:density"], env=env)
-    settle()
-    pod_cg = ("libpod_parent",)  # where podman's cgroupfs manager puts conmon and containers
-    mem0, cg0 = meminfo(), charged(pod_cg)
-    t0 = time.perf_counter()
-    try:
-        for i in range(n):
-            run(["podman", "run", "-d", "--network", "none", "bb:density", "sleep", "1000000"],
-                env=env)
-            if (i + 1) % 50 == 0:
-                print(f"  podman: {i + 1}/{n} started", flush=True)
-        started = time.perf_counter() - t0
-        settle()
-        mem1, cg1 = meminfo(), charged(pod_cg)
-    finally:
-        run(["podman", "rm", "-f", "-t", "0", "-a"], env=env, check=False)
-        run(["podman", "rmi", "-a", "-f"], env=env, check=False)
-    return {"per_container": (mem0 - mem1) / n, "start_all": started, "count": n,
-            "charged": (cg1 - cg0) / n}
+class PodmanSide:
+    """podman with MACHINE-NOTES' settings: one conmon per container, its containers
+    and conmons charged to podman's libpod_parent memory cgroup (counted by charged())."""
+
+    label = "podman"
+
+    def __init__(self, tmp: Path, rootfs_tar: Path, n: int) -> None:
+        self.n = n
+        conf, storage = tmp / "containers.conf", tmp / "storage.conf"
+        conf.write_text(PODMAN_CONF)
+        storage.write_text(f'[storage]\ndriver="overlay"\ngraphroot="{tmp}/pm-graph"\n'
+                           f'runroot="{tmp}/pm-run"\n')
+        self.env = {"CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
+        run(["podman", "import", str(rootfs_tar), "bb:density"], env=self.env)
+
+    async def start(self, n: int) -> None:
+        for _ in range(n):
+            run(["podman", "run", "-d", "--network", "none", "bb:density", "sleep",
+                 "1000000"], env=self.env)
+
+    async def close(self) -> float:
+        t0 = time.perf_counter()
+        run(["podman", "rm", "-f", "-t", "0", "-a"], env=self.env, check=False)
+        run(["podman", "rmi", "-a", "-f"], env=self.env, check=False)
+        return time.perf_counter() - t0
+
+
+Side = BerthSide | CrunSide | PodmanSide
 
 
 def main(args: argparse.Namespace) -> int:
@@ -322,9 +334,10 @@ def main(args: argparse.Namespace) -> int:
         sys.setns(target, Namespace.NET)
         print(f"starting {n} idle containers per side, sides alternating in {ROUNDS} rounds",
               flush=True)
-        sides, rss_per, removed = asyncio.run(berth_and_crun(
-            tmp, n, images, tar, with_crun=not args.no_crun, bare=not args.no_bare))
-        p = podman_side(tmp, args.podman, tar) if args.podman else None
+        sides, rss_per, removed = asyncio.run(berth_and_peers(
+            tmp, n, images, tar, with_crun=not args.no_crun, bare=not args.no_bare,
+            podman=args.podman))
+        p = sides.pop("podman", None)
     finally:
         sys.setns(own, Namespace.NET)
         run(["ip", "netns", "delete", netns], check=False)
@@ -351,7 +364,8 @@ def main(args: argparse.Namespace) -> int:
                   f"{side['start_all'] / crun['start_all']:.2f}")
     print(f"remove all {n} berth containers: {removed:.2f} s")
     if p is not None:
-        print(f"podman ({p['count']:.0f} containers, after the others): {p['charged'] / kib:.0f} "
+        print(f"podman ({p['count']:.0f} containers, in the same rounds): "
+              f"{p['charged'] / kib:.0f} "
               f"KiB charged per container (MemAvailable: {p['per_container'] / kib:.0f} KiB); "
               f"berth/podman charged {b['charged'] / p['charged']:.2f}, MemAvailable "
               f"{b['per_container'] / p['per_container']:.2f} (target <= 0.15); "

@@ -258,8 +258,24 @@ def container_plan(spec: RootfsSpec) -> list[Step]:
 
 def apply(steps: Sequence[Step], sys: Sys, userns_fd: int = -1) -> None:
     """Carry out steps in order; the first failure raises (OSError naming the object)."""
+    masks: list[str] = []
     for step in steps:
-        _apply_one(step, sys, userns_fd)
+        if isinstance(step, Mask) and sys.path_kind(step.path) == "dir":
+            _mask_dir(step.path, masks, sys)
+        else:
+            _apply_one(step, sys, userns_fd)
+
+
+def _mask_dir(path: str, masks: list[str], sys: Sys) -> None:
+    """An empty read-only tmpfs on the first masked dir, bound (read-only) on the
+    others: one superblock per container instead of one per masked dir (each
+    costs kernel memory that 1,000 containers multiply)."""
+    if not masks:
+        sys.mount("tmpfs", path, "tmpfs", MountFlag.RDONLY, "size=0")
+    else:
+        sys.mount(masks[0], path, None, MountFlag.BIND)
+        sys.mount("none", path, None, MountFlag.REMOUNT | MountFlag.BIND | MountFlag.RDONLY)
+    masks.append(path)
 
 
 def _apply_one(step: Step, sys: Sys, userns_fd: int) -> None:

@@ -142,8 +142,13 @@ def test_masked_and_readonly_proc_paths(env: EngineEnv) -> None:
                               "wc -c < /proc/keys; ls /proc/acpi 2>&1 | wc -l; "
                               "(echo 1 > /proc/sys/kernel/domainname) 2>/dev/null "
                               "&& echo wrote || echo ro; "
-                              "grep -c ' /proc/sys ' /proc/mounts")
-        assert out.split() == ["0", "0", "ro", "1"]
+                              "grep -c ' /proc/sys ' /proc/mounts; "
+                              # both masked dirs: empty, read-only (one shared tmpfs)
+                              "ls -A /sys/firmware | wc -l; "
+                              "touch /sys/firmware/x /proc/acpi/x 2>/dev/null || echo ro; "
+                              "grep -E ' /(sys/firmware|proc/acpi) ' /proc/mounts | "
+                              "grep -c ' ro,'")
+        assert out.split() == ["0", "0", "ro", "1", "0", "ro", "2"]
 
     run_engine(env, scenario)
 

@@ -86,6 +86,20 @@ def test_masked_paths_hide_files_with_dev_null_and_dirs_with_empty_tmpfs() -> No
     assert masks == ["/run/c/rootfs" + p for p in MASKED_PATHS]
 
 
+def test_masked_dirs_share_one_empty_read_only_tmpfs() -> None:
+    sys = RecordingSys(kinds={"/run/c/rootfs/proc/acpi": "dir",
+                              "/run/c/rootfs/sys/firmware": "dir"})
+    apply(container_plan(spec()), sys)
+    mounts = sys.named("mount")
+    assert [m for m in mounts if m[2] == "tmpfs" and m[4] == "size=0"] == [
+        ("tmpfs", "/run/c/rootfs/proc/acpi", "tmpfs", MountFlag.RDONLY, "size=0")]
+    firmware = [m for m in mounts if m[1] == "/run/c/rootfs/sys/firmware"]
+    assert firmware == [
+        ("/run/c/rootfs/proc/acpi", "/run/c/rootfs/sys/firmware", None, MountFlag.BIND, None),
+        ("none", "/run/c/rootfs/sys/firmware", None,
+         MountFlag.REMOUNT | MountFlag.BIND | MountFlag.RDONLY, None)]
+
+
 def test_readonly_paths_and_rootfs_are_applied_before_and_after_pivot() -> None:
     plan = container_plan(spec(read_only=True))
     kinds = [type(s) for s in plan]
