@@ -41,9 +41,11 @@ class BootTime:
     guest: float  # kernel start -> READY, by systemd's own clock
 
 
-def boot_once(image: ImageArtifacts, mode: BootMode, creds: tuple[Credential, ...],
+def boot_once(image_dir: Path, mode: BootMode, creds: tuple[Credential, ...],
               accel: Accel | None, timeout: float, state: Path) -> BootTime:
-    spec = MachineSpec(image, boot=mode, credentials=creds)
+    # Loaded per boot: a rebuild between boots replaces the disk and the
+    # usrhash together, and a stale usrhash cannot find the new /usr.
+    spec = MachineSpec(load_image(image_dir), boot=mode, credentials=creds)
     with Machine(spec, state, accel=accel) as m:
         host = m.wait_for_unit(READY_UNIT, timeout)
         usec = m.check(f"systemctl show -P ActiveEnterTimestampMonotonic {READY_UNIT}")
@@ -78,7 +80,8 @@ def main(args: argparse.Namespace) -> int:
         creds = tuple(Credential(n, d) for n, d in files.server_credentials().items())
         for i in range(args.runs):
             for mode in modes:
-                t = boot_once(image, mode, creds, args.accel, args.timeout, Path(tmp) / "vm")
+                t = boot_once(args.image, mode, creds, args.accel, args.timeout,
+                              Path(tmp) / "vm")
                 times[mode].append(t)
                 print(f"  run {i + 1}/{args.runs} {mode}: {t.host:.1f} s "
                       f"(kernel -> READY {t.guest:.1f} s)", flush=True)
@@ -91,6 +94,7 @@ def main(args: argparse.Namespace) -> int:
         guest = statistics.median(t.guest for t in times[mode])
         print(f"{mode!s:<8} {med:>9.1f} {min(hosts):>7.1f} {max(hosts):>7.1f} "
               f"{med / base:>7.2f} {guest:>14.1f}")
+    image = load_image(args.image)
     print(f"\nimage {image.version} sizes")
     for name, value in sizes_table(image):
         print(f"{name:<26} {value:>12}")

@@ -27,7 +27,7 @@ from types import TracebackType
 
 from qemu.accel import Accel, AccelChoice, choose_accel
 from qemu.cmdline import QEMU_BINARY, MachinePaths, qemu_cmd
-from qemu.console import Console
+from qemu.console import TAIL_LINES, Console
 from qemu.firmware import Firmware, find_firmware
 from qemu.monitor import Monitor
 from qemu.process import start_qemu
@@ -38,6 +38,8 @@ from runtime.run import run
 log = logging.getLogger("berth.qemu")
 
 # `info usernet` lines: "TCP[HOST_FORWARD]  9  127.0.0.1 40417  10.0.2.15  2376 ..."
+# Console lines after which a boot never reaches its units.
+_DEAD_ENDS = ("You are in emergency mode", "Kernel panic - not syncing")
 _USERNET_FORWARD = re.compile(
     r"^\s*(TCP|UDP)\[HOST_FORWARD\]\s+\d+\s+(\S+)\s+(\d+)\s+\S+\s+(\d+)", re.MULTILINE
 )
@@ -81,6 +83,8 @@ class Machine:
         self._shell: GuestShell | None = None
         self._ports: dict[tuple[ForwardProto, int], int] = {}
         self._boot_offset = 0
+        # Console offset when the last guest reboot was noticed (same process).
+        self._reset_offset: int | None = None
         self._resets_seen = 0
         self.started_at = 0.0
         self.console = Console(self.paths.console_log, self.exit_status)
@@ -127,6 +131,7 @@ class Machine:
         for sock in (self.paths.qmp_socket, self.paths.shell_socket):
             sock.unlink(missing_ok=True)
         self._boot_offset = self.console.size()
+        self._reset_offset = None
         self._resets_seen = 0
         stack = ExitStack()
         try:
@@ -147,7 +152,7 @@ class Machine:
             self._monitor = monitor
             self._ports = parse_usernet_forwards(monitor.human("info usernet"))
             shell = GuestShell(self.paths.shell_socket, self.exit_status,
-                               self.paths.shell_log)
+                               self.paths.shell_log, self._boot_failure)
             shell.connect()
             stack.callback(shell.close)
             self._shell = shell
@@ -156,6 +161,18 @@ class Machine:
             self._clear()
             raise
         self._stack = stack
+
+    def _boot_failure(self) -> str | None:
+        """Why this boot can no longer come up, from its console; None if it still may."""
+        text = self.console.text(self._boot_offset_of_this_boot())
+        for needle in _DEAD_ENDS:
+            if needle in text:
+                return f"{needle!r} on the console; last lines:\n" + "\n".join(
+                    text.splitlines()[-TAIL_LINES:])
+        return None
+
+    def _boot_offset_of_this_boot(self) -> int:
+        return self._reset_offset if self._reset_offset is not None else self._boot_offset
 
     def _clear(self) -> None:
         self._proc = None
@@ -290,6 +307,7 @@ class Machine:
         count = self._monitor.event_count("RESET")
         if count != self._resets_seen:
             self._resets_seen = count
+            self._reset_offset = self.console.size()
             self._shell.forget()
 
     @property

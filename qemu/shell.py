@@ -43,8 +43,11 @@ class GuestCommandTimeout(ShellError):
 
 class GuestShell:
     def __init__(self, socket_path: Path, exit_status: Callable[[], int | None],
-                 transcript: Path | None = None) -> None:
+                 transcript: Path | None = None,
+                 doomed: Callable[[], str | None] = lambda: None) -> None:
+        """`doomed` says why no shell will ever answer (e.g. emergency mode), or None."""
         self._path = socket_path
+        self._doomed = doomed
         self._transcript = transcript
         self._exit_status = exit_status
         self._sock: socket.socket | None = None
@@ -111,6 +114,11 @@ class GuestShell:
             self._ready = False
             self._received_at_boot = self._received
 
+    def _check_doomed(self) -> None:
+        reason = self._doomed()
+        if reason:
+            raise ShellError(f"no test shell will answer: {reason}")
+
     def _wait_for_output(self, after: int, deadline: float) -> bool:
         """Wait until the guest has sent more than `after` bytes in all."""
         with self._cond:
@@ -120,7 +128,8 @@ class GuestShell:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(min(left, 1.0))
+                self._cond.wait(min(left, 3.0))
+                self._check_doomed()
             return True
 
     def _send(self, data: bytes) -> None:
@@ -172,6 +181,7 @@ class GuestShell:
                 if not self._wait_for_output(seen, deadline):
                     break
                 time.sleep(1.0)
+            self._check_doomed()
             tok = secrets.token_hex(8).encode()
             tokens.append(tok)
             # The first line also turns off readline and echo, for speed.

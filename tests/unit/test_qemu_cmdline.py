@@ -161,3 +161,15 @@ def test_usernet_output_gives_the_bound_ports() -> None:
         (ForwardProto.TCP, 2376): 40417,
         (ForwardProto.UDP, 53): 46079,
     }
+
+
+def test_emergency_mode_on_the_console_ends_the_wait_for_a_shell(tmp_path: Path) -> None:
+    from qemu.machine import Machine
+
+    m = Machine(MachineSpec(IMAGE), tmp_path)
+    m.paths.console_log.write_text("[  OK  ] Reached target basic.target\n")
+    assert m._boot_failure() is None
+    with m.paths.console_log.open("a") as f:
+        f.write("You are in emergency mode. After logging in, type ...\n")
+    reason = m._boot_failure()
+    assert reason is not None and "emergency mode" in reason
