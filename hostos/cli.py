@@ -29,8 +29,32 @@ COMMAND_MODULES: list[str] = [
     "hostos.health",
 ]
 
+# The verb each module registers. On the host OS, units run `hostos provision`,
+# `hostos health` and `hostos update` early in boot: importing only that verb's
+# module keeps them fast and independent of build-machine-only libraries
+# (hostos.vm needs qemu.qmp, which the image does not ship).
+VERB_MODULES: dict[str, str] = {
+    "fleetlock": "hostos.fleetlock.server",
+    "fleet": "hostos.fleet",
+    "provision": "hostos.provision",
+    "qemu": "hostos.vm",
+    "build": "hostos.build",
+    "keys": "hostos.keys",
+    "release": "hostos.release",
+    "update": "hostos.update.cli",
+    "health": "hostos.health",
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _modules_for(argv: list[str]) -> list[str]:
+    """Only the named verb's module when argv names one, else all (for --help)."""
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    if verb is not None and verb in VERB_MODULES:
+        return [VERB_MODULES[verb]]
+    return COMMAND_MODULES
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hostos",
         description="Build, boot, release and update the Berth host OS.",
@@ -38,13 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hostos {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    modules = COMMAND_MODULES if argv is None else _modules_for(argv)
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
