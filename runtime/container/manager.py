@@ -402,6 +402,8 @@ class ContainerManager:
 
     async def shutdown(self) -> None:
         """Stop watching; containers keep running (their FIFOs keep their output)."""
+        for c in list(self.containers.values()):
+            await start_mod.settle(c)   # a run's teardown is finished, not cut short
         for task in list(self._tasks):
             task.cancel()
         for c in self.containers.values():
