@@ -105,7 +105,10 @@ def repo_nic_args(proxy: Path, port: int) -> tuple[str, ...]:
 
 
 def configure(m: Machine, root_json: Path, tries: int = 3) -> None:
+    """Point the agent at the test repository; the test starts hostos-update.service
+    itself, so the timer is stopped (it would otherwise race the test's steps)."""
     root = root_json.read_text()
+    m.check("systemctl stop hostos-update.timer")
     m.check("mkdir -p /etc/hostos/update.d /etc/hostos/tuf")
     m.check(f"cat > /etc/hostos/tuf/root.json <<'EOF'\n{root}\nEOF")
     m.check("cat > /etc/hostos/update.d/90-test.toml <<'EOF'\n[update]\n"
