@@ -23,14 +23,22 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo ">> installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Debian starts a package's service on install (etcd, docker-registry,
+  # dockerd...). The tests start their own, by PID; a policy-rc.d that denies
+  # every start keeps the installed ones from running at all, so nothing ever
+  # has to be stopped by name (which would also kill the tests' own daemons).
+  policy=/usr/sbin/policy-rc.d
+  ours=
+  if [ ! -e $policy ]; then
+    printf '#!/bin/sh\nexit 101\n' > $policy
+    chmod 755 $policy
+    ours=1
+    trap 'rm -f $policy' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$ours" ]; then rm -f $policy; trap - EXIT; fi
 fi
-
-# Debian starts services on install; the tests start their own, by PID.
-for svc in docker-registry etcd docker containerd; do
-  if [ -x /etc/init.d/$svc ]; then /etc/init.d/$svc stop >/dev/null 2>&1 || true; fi
-done
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
