@@ -17,6 +17,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from hostos.fleetlock.semaphore import AuditOp, max_concurrent_holders
 from hostos.fleetsim import (
     SimulateOptions,
@@ -26,6 +28,9 @@ from hostos.fleetsim import (
     summary,
     watch,
 )
+
+# Tens of minutes of TCG boots each; not yet passing reliably (issue 6/7 stay open).
+pytestmark = pytest.mark.rollout
 
 TIMEOUT = 3 * 3600.0
 

@@ -36,6 +36,9 @@ from tests.vm.update_support import (
     wait_blessed,
 )
 
+# Tens of minutes of TCG boots each; not yet passing reliably (issue 6/7 stay open).
+pytestmark = pytest.mark.rollout
+
 CUTS = 2
 # Seconds after starting the apply; the apply of a ~70 MB release takes
 # one to three minutes under TCG, so this spans download, write and staging.

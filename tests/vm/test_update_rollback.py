@@ -42,6 +42,9 @@ from tests.vm.update_support import (
     wait_blessed,
 )
 
+# Tens of minutes of TCG boots each; not yet passing reliably (issue 6/7 stay open).
+pytestmark = pytest.mark.rollout
+
 BOOT_TRIES = 2
 BREAK_BERTHD = "systemd.mask=berthd.socket systemd.mask=berthd.service"
 
