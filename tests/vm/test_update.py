@@ -33,6 +33,10 @@ from tests.vm.update_support import (
     wait_blessed,
 )
 
+# A->B applied and rebooted into B in a run, then the test shell did not answer
+# after the reboot; tens of minutes of TCG boots. Not yet in make test (issue 6 open).
+pytestmark = pytest.mark.rollout
+
 
 @pytest.fixture(scope="module")
 def images() -> tuple[ImageArtifacts, ImageArtifacts]:
