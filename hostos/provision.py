@@ -46,6 +46,7 @@ from hostos.errors import HostosError
 from hostos.fleetlock.protocol import GROUP_RE
 from hostos.fleetlock.strategy import StrategyKind
 from hostos.tomlout import dumps as toml_dumps
+from runtime.fsutil import write_atomic
 from runtime.run import CommandError, run
 
 CREDENTIAL = "berth.provision"
@@ -294,22 +295,7 @@ def plan(data: Mapping[str, Any], origin: str = "provisioning") -> ProvisionPlan
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if mode & 0o077 == 0 else 0o755)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, data, mode)
 
 
 def apply(p: ProvisionPlan, root: Path = Path("/"), *, set_hostname: bool = True) -> bool:

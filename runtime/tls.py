@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import ssl
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from runtime.fsutil import write_atomic
 
 # Names the server certificate answers to by default: the forwarded port on
 # the host is always reached as 127.0.0.1 or localhost.
@@ -215,20 +215,6 @@ def issue(
     return Identity(builder.sign(ca.key, hashes.SHA256()), key)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def generate(
     directory: Path,
     *,
@@ -243,11 +229,11 @@ def generate(
     files = TlsFiles(directory)
     # Keys first and certificates last, so a reader that sees ca.pem sees a
     # complete set.
-    _write_atomic(files.server_key, server.key_pem(), 0o600)
-    _write_atomic(files.client_key, client.key_pem(), 0o600)
-    _write_atomic(files.server_cert, server.cert_pem(), 0o644)
-    _write_atomic(files.client_cert, client.cert_pem(), 0o644)
-    _write_atomic(files.ca, ca.cert_pem(), 0o644)
+    write_atomic(files.server_key, server.key_pem(), 0o600)
+    write_atomic(files.client_key, client.key_pem(), 0o600)
+    write_atomic(files.server_cert, server.cert_pem(), 0o644)
+    write_atomic(files.client_cert, client.cert_pem(), 0o644)
+    write_atomic(files.ca, ca.cert_pem(), 0o644)
     return files
 
 
