@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from runtime.client import Client, ClientError, TlsConfig
+from runtime.client import Client, ClientError, DaemonError, TlsConfig, quote_id
 
 
 class UsageError(ClientError):
@@ -245,3 +245,24 @@ def render(template: str, obj: Any) -> str:
 
 def print_json(obj: Any) -> None:
     out(json.dumps(obj, indent=4))
+
+
+def inspect_each(ctx: Context, path: str, names: Iterable[str], template: str | None) -> int:
+    """`berth X inspect NAME...`: GET path.format(NAME) for each, print them
+    together (JSON list or one rendered template each); a missing one is an
+    error line and exit status 1, as docker does."""
+    found: list[Any] = []
+    status = 0
+    for name in names:
+        try:
+            found.append(ctx.client.get(path.format(quote_id(name))))
+        except DaemonError as e:
+            err(str(e))
+            status = 1
+    if template:
+        for obj in found:
+            out(render(template, obj))
+    else:
+        print_json(found)
+    return status
+

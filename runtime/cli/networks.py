@@ -13,10 +13,10 @@ from runtime.cli.common import (
     Context,
     add_verb,
     err,
+    inspect_each,
     out,
     parse_filters,
     parse_key_values,
-    print_json,
     render,
     table,
 )
@@ -50,20 +50,7 @@ def cmd_ls(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
-    found: list[Any] = []
-    status = 0
-    for name in args.networks:
-        try:
-            found.append(ctx.client.get(f"/networks/{quote_id(name)}"))
-        except DaemonError as e:
-            err(str(e))
-            status = 1
-    if args.format:
-        for n in found:
-            out(render(args.format, n))
-    else:
-        print_json(found)
-    return status
+    return inspect_each(ctx, "/networks/{}", args.networks, args.format)
 
 
 def cmd_rm(args: argparse.Namespace, ctx: Context) -> int:

@@ -10,10 +10,10 @@ from runtime.cli.common import (
     add_verb,
     err,
     human_size,
+    inspect_each,
     out,
     parse_filters,
     parse_key_values,
-    print_json,
     render,
     table,
 )
@@ -46,20 +46,7 @@ def cmd_ls(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
-    found: list[Any] = []
-    status = 0
-    for name in args.volumes:
-        try:
-            found.append(ctx.client.get(f"/volumes/{quote_id(name)}"))
-        except DaemonError as e:
-            err(str(e))
-            status = 1
-    if args.format:
-        for v in found:
-            out(render(args.format, v))
-    else:
-        print_json(found)
-    return status
+    return inspect_each(ctx, "/volumes/{}", args.volumes, args.format)
 
 
 def cmd_rm(args: argparse.Namespace, ctx: Context) -> int:
