@@ -164,16 +164,21 @@ class Put:
         return {"request_put": req}
 
 
+def _key_range(key: str, prefix: bool) -> dict[str, Any]:
+    """A key, or with prefix every key under it (etcd's [key, range_end))."""
+    req: dict[str, Any] = {"key": _b64(key)}
+    if prefix:
+        req["range_end"] = _b64(prefix_end(key))
+    return req
+
+
 @dataclass(frozen=True)
 class Delete:
     key: str
     prefix: bool = False
 
     def gateway(self) -> dict[str, Any]:
-        req: dict[str, Any] = {"key": _b64(self.key)}
-        if self.prefix:
-            req["range_end"] = _b64(prefix_end(self.key))
-        return {"request_delete_range": req}
+        return {"request_delete_range": _key_range(self.key, self.prefix)}
 
 
 @dataclass(frozen=True)
@@ -182,10 +187,7 @@ class Get:
     prefix: bool = False
 
     def gateway(self) -> dict[str, Any]:
-        req: dict[str, Any] = {"key": _b64(self.key)}
-        if self.prefix:
-            req["range_end"] = _b64(prefix_end(self.key))
-        return {"request_range": req}
+        return {"request_range": _key_range(self.key, self.prefix)}
 
 
 Op = Put | Delete | Get
