@@ -4,7 +4,7 @@
     fleet.steady()                           # booted healthy: give back the reboot slot
     gate = fleet.may_install(v, rollout)     # wave open and not halted?
     fleet.report(phase, booted, target, err) # what `hostos fleet status` shows
-    verdict = fleet.may_reboot()             # reboot strategy (FleetLock slot, window)
+    verdict = fleet.may_reboot(v)            # not halted? then the strategy (FleetLock, window)
     fleet.rolled_back(v, reason)             # halts the rollout of v fleet-wide
 
 Synchronous, because the agent is: each call runs its own short event loop.
@@ -38,6 +38,7 @@ from hostos.rollout import (
     decide,
     fleet_position,
     halt,
+    halt_of,
     read_machine_id,
 )
 
@@ -120,7 +121,20 @@ class FleetAgent:
         except EtcdError as e:  # a report is best effort: the update goes on without it
             log.warning("could not report to the fleet: %s", e)
 
-    def may_reboot(self) -> Verdict:
+    def may_reboot(self, version: str = "") -> Verdict:
+        """The strategy's verdict, unless the rollout of the staged version was halted.
+
+        A host may have staged a release before the canary rolled back from it;
+        rebooting into it then would spread what the halt is there to stop.
+        """
+        if version and self.settings.etcd_url:
+            try:
+                stopped = self._etcd(lambda etcd: halt_of(etcd, version))
+            except EtcdError as e:
+                return Verdict(False, f"cannot check the fleet's halt record, not rebooting: {e}")
+            if stopped is not None:
+                return Verdict(False, f"rollout of {version} halted: {stopped.host} rolled back "
+                                      f"({stopped.reason}); not rebooting into it")
         return self.strategy.may_reboot()
 
     def steady(self) -> Verdict:

@@ -202,9 +202,14 @@ class Etcd(Protocol):
 async def check(etcd: Etcd, version: str, plan: RolloutPlan | None, machine_id: str,
                 now: datetime | None = None) -> Gate:
     """decide() with the fleet's halt record read from etcd (one request)."""
+    return decide(version, plan, machine_id, now or datetime.now(UTC),
+                  await halt_of(etcd, version))
+
+
+async def halt_of(etcd: Etcd, version: str) -> Halt | None:
+    """The halt record of version's rollout, if a host stopped it (one request)."""
     kv = await etcd.get(HALT_PREFIX + version)
-    halt = Halt.from_kv(kv) if kv else None
-    return decide(version, plan, machine_id, now or datetime.now(UTC), halt)
+    return Halt.from_kv(kv) if kv else None
 
 
 async def halt(etcd: Etcd, version: str, reason: str, host: str = "") -> bool:

@@ -60,6 +60,12 @@ def test_three_hosts_take_turns_and_a_rollback_stops_the_rest(tmp_path: Path) ->
         for h in fleet[1:]:
             gate = h.may_install("1.2", rollout)
             assert gate.decision is Decision.HALTED and "node-0" in gate.reason
+        # A host that staged 1.2 before the halt does not reboot into it, though
+        # the reboot slot is free; the release it already had still may.
+        refused = fleet[1].may_reboot("1.2")
+        assert not refused.allowed and "halted" in refused.reason
+        assert fleet[1].may_reboot("1.1").allowed
+        assert fleet[1].steady().allowed
 
         async def records() -> tuple[int, list[str]]:
             async with EtcdClient(etcd.endpoint) as c:
