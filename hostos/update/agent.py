@@ -56,7 +56,7 @@ class Fleet(Protocol):
     def report(self, phase: str, booted: str, target: str = "", last_error: str = "",
                wave: int = 0) -> None: ...
 
-    def may_reboot(self) -> Any: ...
+    def may_reboot(self, version: str) -> Any: ...
 
     def steady(self) -> Any: ...
 
@@ -236,7 +236,8 @@ class Agent:
     def _reboot(self, state: UpdateState, seen: Observed, d: Decision | None) -> RunResult:
         version = state.target.version if state.target else "?"
         if self.fleet is not None:
-            verdict = self.fleet.may_reboot()
+            # The staged version: its rollout may have been halted since it was staged.
+            verdict = self.fleet.may_reboot(version)
             if not getattr(verdict, "allowed", True):
                 reason = str(getattr(verdict, "reason", verdict))
                 return RunResult(state, d, f"{version} staged; not rebooting yet: {reason}")
