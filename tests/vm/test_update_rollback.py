@@ -25,6 +25,7 @@ from hostos.artifacts import ImageArtifacts
 from hostos.keys import KeyStore
 from hostos.release import make_release
 from hostos.repo import KeyLayout, Repository
+from hostos.uki import broken_release_image
 from qemu.spec import BootMode
 from tests.vm.conftest import BOOT_TIMEOUT, MachineFactory
 from tests.vm.update_support import (
@@ -32,7 +33,6 @@ from tests.vm.update_support import (
     IMAGE_B,
     PROXY,
     Served,
-    broken_release_image,
     build,
     configure,
     repo_nic_args,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import struct
 import sys
 import threading
 import time
@@ -24,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from hostos.artifacts import ImageArtifacts, load_image
+from hostos.build import input_hash
+from hostos.errors import HostosError
+from hostos.uki import broken_release_image as broken_release_image  # old home, re-exported
 from qemu.machine import Machine
 from runtime.run import run
 from tests.vm.conftest import IMAGE_DIR, ROOT
@@ -57,15 +59,25 @@ while True:
 
 
 def build(folder: Path, version: str) -> ImageArtifacts:
-    """The image in folder, built first if missing (like conftest's `image` fixture).
+    """The image in folder, (re)built first if missing or built from other inputs.
 
-    A present image is used as it is: `make test` rebuilds stale images
-    before the tests run, and a rebuild here would race other VM tests.
+    `make test` rebuilds only build/image; a second version (B) built from
+    older inputs would test yesterday's image, so its recorded inputs hash is
+    compared with the tree's. A rebuild queues on `hostos build`'s lock.
     """
-    if not (folder / "berth.json").exists():
+    if not _current(folder, version):
         run([sys.executable, "-m", "hostos", "build", "--version", version,
              "--output", folder], capture=False, cwd=ROOT, timeout=3600)
     return load_image(folder)
+
+
+def _current(folder: Path, version: str) -> bool:
+    try:
+        image = load_image(folder)
+    except HostosError:
+        return False
+    return (image.version == version and not image.missing()
+            and image.inputs == input_hash(ROOT, version))
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -115,8 +127,10 @@ def configure(m: Machine, root_json: Path, tries: int = 3) -> None:
             f'url = "http://{REPO_ADDR}/"\nboot_tries = {tries}\nEOF')
 
 
-def status(m: Machine) -> dict:  # type: ignore[type-arg]
-    return json.loads(m.check("hostos update status --json --no-fleet", timeout=120))
+def status(m: Machine) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(m.check("hostos update status --json --no-fleet",
+                                              timeout=120))
+    return data
 
 
 def wait_blessed(m: Machine, timeout: float) -> None:
@@ -139,47 +153,3 @@ def sha_of_inactive(m: Machine, slot_devices: tuple[str, ...] = ("/dev/vda4", "/
     """Hashes of the inactive slot's partitions plus the GPT: what an update would change."""
     return m.check(f"sha256sum {' '.join(slot_devices)}; "
                    "dd if=/dev/vda bs=512 count=34 status=none | sha256sum", timeout=600)
-
-
-def patch_uki_cmdline(src: Path, dst: Path, extra: str) -> str:
-    """Copy a UKI, appending `extra` to its .cmdline PE section; returns the new command line.
-
-    Used to make a broken release on purpose (a bad kernel command line is a
-    realistic way for a release to boot but not come up healthy). The text
-    must fit in the section's file padding; unsigned UKIs only.
-    """
-    data = bytearray(src.read_bytes())
-    pe = struct.unpack_from("<I", data, 0x3C)[0]
-    assert data[pe:pe + 4] == b"PE\0\0", f"{src} is not a PE file"
-    nsections, opt_size = struct.unpack_from("<H", data, pe + 6)[0], struct.unpack_from(
-        "<H", data, pe + 20)[0]
-    table = pe + 24 + opt_size
-    sections = []
-    for i in range(nsections):
-        off = table + 40 * i
-        name = bytes(data[off:off + 8]).rstrip(b"\0").decode()
-        vsize, vaddr, rawsize, rawptr = struct.unpack_from("<IIII", data, off + 8)
-        sections.append((name, off, vsize, vaddr, rawsize, rawptr))
-    name, off, vsize, vaddr, rawsize, rawptr = next(s for s in sections if s[0] == ".cmdline")
-    old = bytes(data[rawptr:rawptr + vsize]).rstrip(b"\0").decode()
-    new = f"{old.strip()} {extra}".encode()
-    next_va = min((s[3] for s in sections if s[3] > vaddr), default=vaddr + rawsize)
-    assert len(new) <= rawsize and vaddr + len(new) <= next_va, "no room in .cmdline"
-    data[rawptr:rawptr + rawsize] = new.ljust(rawsize, b"\0")
-    struct.pack_into("<I", data, off + 8, len(new))
-    dst.write_bytes(bytes(data))
-    return new.decode()
-
-
-def broken_release_image(image: ImageArtifacts, folder: Path, extra: str) -> Path:
-    """An image folder like `image` whose UKI boots with `extra` on its command line."""
-    folder.mkdir(parents=True, exist_ok=True)
-    uki = folder / image.uki.name
-    cmdline = patch_uki_cmdline(image.uki, uki, extra)
-    data = json.loads((image.folder / "berth.json").read_text())
-    for key in ("disk", "kernel", "initrd", "manifest"):
-        data[key] = str(getattr(image, key))
-    data["uki"] = uki.name
-    data["cmdline"] = cmdline
-    (folder / "berth.json").write_text(json.dumps(data))
-    return folder
