@@ -109,6 +109,8 @@ def _readopt(mgr: ContainerManager, c: Container) -> None:
     c.stopped.clear()
     cg = mgr.hierarchy.container(c.id)
     c.oom_at_start = 0
+    c.oom_seen = cg.oom_kills()
+    mgr.oom_watch.add(c.id, cg.path)
     mgr.save(c, status=Status.PAUSED if cg.frozen() else Status.RUNNING)
     run = mgr.run_dir(c.id)
     if not c.record.spec.tty:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runtime import cgroups
+from runtime.cgroups.watch import MemoryEventsWatch
 from runtime.container import create as create_mod
 from runtime.container import delete as delete_mod
 from runtime.container import exec as exec_mod
@@ -124,6 +125,7 @@ class Container:
     restart_task: asyncio.Task[None] | None = None
     teardown: asyncio.Task[None] | None = None   # the last run's teardown, if still going
     oom_at_start: int = 0
+    oom_seen: int = 0        # memory.events oom_kill already published as `oom`
     consecutive_restarts: int = 0
     is_child: bool = True
     listeners: set[Output] = field(default_factory=set)   # attached clients (fan-out)
@@ -149,6 +151,7 @@ class ContainerManager:
         self.db = db or open_db(config.root / "berth.db")
         self.volumes = VolumeStore(config.root)
         self.hierarchy = cgroups.Hierarchy(config.cgroup_root or cgroups.default_root())
+        self.oom_watch = MemoryEventsWatch(self.note_oom)
         self.containers: dict[str, Container] = {}
         self.execs: dict[str, exec_mod.ExecSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -217,6 +220,17 @@ class ContainerManager:
         attrs = {"name": c.record.name, "image": c.record.image_ref, **dict(c.record.spec.labels)}
         attrs.update(extra)
         self.events.publish("container", action, c.id, attrs)
+
+    def note_oom(self, container_id: str) -> None:
+        """Publish `oom` for each new OOM kill in the container's cgroup (as containerd
+        does, the moment memory.events changes; at exit for what was not seen live)."""
+        c = self.containers.get(container_id)
+        if c is None:
+            return
+        kills = self.hierarchy.container(c.id).oom_kills()
+        if kills > c.oom_seen:
+            c.oom_seen = kills
+            self.publish(c, "oom")
 
     def spawn_task(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -411,6 +425,7 @@ class ContainerManager:
                 c.restart_task.cancel()
             start_mod.detach_watchers(c)
             c.log.close()
+        self.oom_watch.close()
         for session in self.execs.values():
             exec_mod.detach(session)
 

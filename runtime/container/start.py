@@ -124,7 +124,7 @@ async def start(mgr: ContainerManager, c: Container) -> None:
     warnings = cg.create(resources(c))
     for w in warnings:
         log.warning("container %s: %s", c.id[:12], w)
-    c.oom_at_start = cg.oom_kills()
+    c.oom_at_start = c.oom_seen = cg.oom_kills()
     run = mgr.run_dir(c.id)
     run.mkdir(parents=True, exist_ok=True)
     parent_fds: list[int] = []
@@ -217,6 +217,7 @@ async def start(mgr: ContainerManager, c: Container) -> None:
              started_at=time.time(), exit_code=0, error="", oom_killed=False,
              stopped_by_user=False)
     watch_exit(pidfd, lambda: on_exit(mgr, c))
+    mgr.oom_watch.add(c.id, cg.path)
     mgr.publish(c, "start")
 
 
@@ -312,6 +313,7 @@ def on_exit(mgr: ContainerManager, c: Container) -> None:
     if c.stdin_w >= 0:
         os.close(c.stdin_w)
         c.stdin_w = -1
+    mgr.oom_watch.remove(c.id)
     cg = mgr.hierarchy.container(c.id)
     oom = cg.oom_kills() > c.oom_at_start
     error = "" if code is not None else UNKNOWN_EXIT_ERROR
@@ -321,8 +323,7 @@ def on_exit(mgr: ContainerManager, c: Container) -> None:
                                          c.state.restart_count, c.state.stopped_by_user)
     mgr.save(c, status=Status.RESTARTING if restart else Status.EXITED, exit_code=exit_code,
              oom_killed=oom, finished_at=time.time(), pid=0, pid_start_time=0, error=error)
-    if oom:
-        mgr.publish(c, "oom")
+    mgr.note_oom(c.id)   # an OOM kill the live watch has not reported yet: `oom` before `die`
     mgr.publish(c, "die", exitCode=str(exit_code))
     if restart:
         mgr.spawn_task(_after_exit(mgr, c, ran))
