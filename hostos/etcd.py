@@ -7,7 +7,8 @@ Bookworm ships etcd 3.4, trixie 3.5: both answer on `/v3/`.
 
 Only what Berth needs: range (one key or a prefix), put, delete, txn with
 compare-and-swap, and leases (grant, keepalive, revoke). Every request is
-counted in `EtcdClient.ops` so callers can report etcd operations per task.
+counted in `EtcdClient.ops` so callers can report etcd operations per task;
+`served_requests` reads the server's side of that count (etcd's /metrics).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -317,6 +320,33 @@ class EtcdClient:
         except (aiohttp.ClientError, TimeoutError) as e:
             raise EtcdError(self.endpoint, "version", str(e) or type(e).__name__) from e
         return str(data["etcdserver"])
+
+
+_STARTED = re.compile(r'^grpc_server_started_total\{(?P<labels>[^}]*)\} (?P<n>[0-9.e+]+)$')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def served_requests(endpoint: str, *, timeout: float = 5.0) -> Counter[str]:
+    """etcd's own count of the v3 requests it has served, by method (its /metrics).
+
+    Counted by the server, so it covers every client at once (hosts in VMs
+    included), which a client-side counter like `EtcdClient.ops` cannot.
+    Gateway calls count as the gRPC call they become (a keepalive as one
+    LeaseKeepAlive stream); etcd's own /health probes are not in it.
+    """
+    try:
+        with urllib.request.urlopen(f"{endpoint.rstrip('/')}/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+    except (OSError, urllib.error.URLError) as e:
+        raise EtcdError(endpoint, "metrics", str(e)) from e
+    out: Counter[str] = Counter()
+    for line in text.splitlines():
+        m = _STARTED.match(line)
+        if m:
+            labels = dict(_LABEL.findall(m["labels"]))
+            if labels.get("grpc_service", "").startswith("etcdserverpb.") and float(m["n"]):
+                out[labels["grpc_method"]] += int(float(m["n"]))
+    return out
 
 
 def _gateway_error(status: int, text: str) -> str:

@@ -75,13 +75,17 @@ class FleetStatus:
 
 async def read_status(etcd_url: str) -> FleetStatus:
     async with EtcdClient(etcd_url) as etcd:
-        reports = await hosts(etcd)
-        sem = FleetSemaphore(etcd)
-        slots = []
-        for group in await sem.groups():
-            holders, config = await sem.holders(group)
-            slots.append((group, config.slots, holders))
-        return FleetStatus(tuple(reports), tuple(slots), tuple(await halted(etcd)))
+        return await status_of(etcd)
+
+
+async def status_of(etcd: EtcdClient) -> FleetStatus:
+    reports = await hosts(etcd)
+    sem = FleetSemaphore(etcd)
+    slots = []
+    for group in await sem.groups():
+        holders, config = await sem.holders(group)
+        slots.append((group, config.slots, holders))
+    return FleetStatus(tuple(reports), tuple(slots), tuple(await halted(etcd)))
 
 
 def _ago(t: float, now: float) -> str:

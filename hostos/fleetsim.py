@@ -12,8 +12,9 @@ The release carries a two-wave plan: a canary wave of one host opens at
 once, the rest after `wave_delay`. The agents' timer is shortened by a
 drop-in credential so hosts poll every few seconds. The simulator only
 watches etcd (host reports, reboot slots, the halt record) and prints each
-change; it never drives the guests. At the end it prints a summary table
-and stops everything it started.
+change; it never drives the guests. At the end it prints a summary table,
+with the etcd requests the rollout cost per host (etcd's own counters, less
+the simulator's reads), and stops everything it started.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib
+import json
 import logging
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,12 +40,13 @@ from typing import Any
 
 from hostos.artifacts import ImageArtifacts, load_image
 from hostos.errors import HostosError
-from hostos.etcd import EtcdClient, EtcdServer, start_etcd
-from hostos.fleet import FleetStatus, read_status
+from hostos.etcd import EtcdClient, EtcdServer, served_requests, start_etcd
+from hostos.fleet import FleetStatus, status_of
 from hostos.fleetlock.semaphore import AuditEntry, FleetSemaphore, GroupConfig
 from hostos.fleetlock.server import FleetLockServer, start_fleetlock
 from hostos.rollout import RolloutPlan, Wave, app_specific_id, fleet_position
 from hostos.tomlout import dumps as toml_dumps
+from hostos.uki import broken_release_image
 from qemu.machine import Machine
 from qemu.spec import BootMode, Credential, MachineSpec
 from runtime import tls
@@ -65,7 +69,7 @@ class SimulateOptions:
     max_unavailable: int = 1
     bad: bool = False
     memory_mib: int = 768
-    image: Path | None = None  # image A, what the hosts boot (default build/image-upd-a)
+    image: Path | None = None  # image A, what the hosts boot (default build/image)
     release_image: Path | None = None  # image B, the release (default build/image-b)
     boot_tries: int = 2
     wave_delay: timedelta = timedelta(minutes=2)
@@ -126,6 +130,20 @@ def start_static_server(folder: Path) -> Iterator[int]:
         thread.join()
 
 
+@dataclass(frozen=True)
+class EtcdLoad:
+    """etcd requests served since the release was published, by whom."""
+
+    hosts: int  # the fleet's size
+    agents: int  # sent by the hosts' update agents (reports, rollout gate, halt)
+    fleetlock: int  # sent by the FleetLock server (reboot slots)
+    methods: Counter[str]  # all of it, by etcd method
+
+    @property
+    def per_host(self) -> float:
+        return (self.agents + self.fleetlock) / self.hosts
+
+
 @dataclass
 class FleetRun:
     """Everything a simulation started, for the caller to watch and assert on."""
@@ -138,35 +156,67 @@ class FleetRun:
     release_version: str
     started: float = field(default_factory=time.monotonic)
     history: list[FleetStatus] = field(default_factory=list)  # every status watch() saw
+    own_ops: int = 0  # requests the simulator itself sent to etcd (status, audit)
+    _served: Counter[str] = field(default_factory=Counter)  # etcd's counters at publish
+    _lock_ops: int = 0  # the FleetLock server's count at publish
+
+    def _etcd(self, what: Callable[[EtcdClient], Any]) -> Any:
+        async def go() -> Any:
+            async with EtcdClient(self.etcd.endpoint) as etcd:
+                try:
+                    return await what(etcd)
+                finally:
+                    self.own_ops += etcd.ops
+        return asyncio.run(go())
 
     def status(self) -> FleetStatus:
-        return asyncio.run(read_status(self.etcd.endpoint))
+        st: FleetStatus = self._etcd(status_of)
+        return st
 
     def audit(self) -> list[AuditEntry]:
-        async def read() -> list[AuditEntry]:
-            async with EtcdClient(self.etcd.endpoint) as etcd:
-                return await FleetSemaphore(etcd).audit_log(GROUP)
-        return asyncio.run(read())
+        log_: list[AuditEntry] = self._etcd(lambda etcd: FleetSemaphore(etcd).audit_log(GROUP))
+        return log_
+
+    def mark_published(self) -> None:
+        """Start counting etcd requests: what follows is the rollout's cost."""
+        self._served = served_requests(self.etcd.endpoint)
+        self._lock_ops = _fleetlock_ops(self.lock)
+        self.own_ops = 0
+        self.started = time.monotonic()
+
+    def etcd_load(self) -> EtcdLoad:
+        served = served_requests(self.etcd.endpoint)
+        served.subtract(self._served)
+        lock = _fleetlock_ops(self.lock) - self._lock_ops
+        agents = sum(served.values()) - lock - self.own_ops
+        return EtcdLoad(len(self.hosts), agents, lock, +served)
+
+
+def _fleetlock_ops(lock: FleetLockServer) -> int:
+    """Requests the FleetLock server has sent to etcd (its /health counts them)."""
+    with urllib.request.urlopen(lock.url.rstrip("/") + "/health", timeout=10) as r:
+        return int(json.load(r)["etcd_ops"])
 
 
 def _build(folder: Path, version: str) -> ImageArtifacts:
+    """The image in folder, rebuilt first unless it was built from this tree.
+
+    `hostos build` returns at once when the recorded inputs hash matches; it
+    queues on its lock behind another build. The hosts run the image's copy
+    of hostos, so a stale image would test yesterday's agent.
+    """
     from runtime.run import run  # the build itself is `hostos build`'s business
+    log.info("image %s (version %s): building unless current", folder, version)
     run([sys.executable, "-m", "hostos", "build", "--version", version, "--output", folder],
         capture=False, timeout=3600)
     return load_image(folder)
 
 
 def _bad_release(image: ImageArtifacts, folder: Path) -> Path:
-    # A release that boots but never becomes healthy: its UKI masks berthd.
-    # The UKI patcher lives with the update tests (tests/vm/update_support.py).
-    try:
-        support = importlib.import_module("tests.vm.update_support")
-    except ImportError as e:
-        raise HostosError("--bad needs the source checkout (tests/vm/update_support.py): "
-                          "run from /work/main with `python -m hostos`") from e
-    out: Path = support.broken_release_image(image, folder,
-                                     "systemd.mask=berthd.socket systemd.mask=berthd.service")
-    return out
+    # A release that boots but never becomes healthy: its UKI masks berthd,
+    # so hostos-health fails and boot-complete.target is never reached.
+    return broken_release_image(image, folder,
+                                "systemd.mask=berthd.socket systemd.mask=berthd.service")
 
 
 @contextlib.contextmanager
@@ -177,7 +227,7 @@ def start_fleet(opts: SimulateOptions, work: Path) -> Iterator[FleetRun]:
     from hostos.repo import KeyLayout, Repository
 
     root = Path(__file__).resolve().parents[1] / "build"
-    image_a = load_image(opts.image) if opts.image else _build(root / "image-upd-a", "0.1.0")
+    image_a = load_image(opts.image) if opts.image else _build(root / "image", "0.1.0")
     image_b = (load_image(opts.release_image) if opts.release_image
                else _build(root / "image-b", "0.2.0"))
     store = KeyStore(work / "keys", PASSPHRASE)
@@ -212,6 +262,11 @@ def start_fleet(opts: SimulateOptions, work: Path) -> Iterator[FleetRun]:
             hosts.append(m)
             log.info("%s: started (pid %s), machine id %s, node id %s, wave %d", name, m.pid,
                      mid, app_specific_id(mid), 1 if fleet_position(mid) < CANARY_PERCENT else 2)
+        run = FleetRun(etcd, lock, repo.path, hosts, names, image_b.version)
+        # Publish once every host is up and polling, so that the clock and the
+        # etcd count below measure the rollout, not the first boots.
+        log.info("waiting for the %d hosts to boot and report", opts.hosts)
+        watch(run, reported(opts.hosts), opts.timeout)
         release = image_b.folder
         if opts.bad:
             release = _bad_release(image_b, work / "image-bad")
@@ -221,7 +276,8 @@ def start_fleet(opts: SimulateOptions, work: Path) -> Iterator[FleetRun]:
                  "bad: its health check fails" if opts.bad else "good",
                  ", ".join(f"{w.percent:.0f}% at +{(w.start - plan.waves[0].start).seconds}s"
                            for w in plan.waves))
-        yield FleetRun(etcd, lock, repo.path, hosts, names, image_b.version)
+        run.mark_published()
+        yield run
 
 
 async def _set_slots(endpoint: str, slots: int) -> None:
@@ -267,6 +323,13 @@ def watch(run: FleetRun, done: Callable[[FleetStatus], bool], timeout: float,
         time.sleep(interval)
 
 
+def reported(n: int) -> Callable[[FleetStatus], bool]:
+    """n hosts have booted and their update agents have reported once."""
+    def check(st: FleetStatus) -> bool:
+        return len(st.hosts) >= n
+    return check
+
+
 def converged(version: str, n: int) -> Callable[[FleetStatus], bool]:
     """Every host booted version, blessed it (done, then idle) and gave its slot back."""
     def check(st: FleetStatus) -> bool:
@@ -287,7 +350,8 @@ def halted_and_refused(version: str, n: int,
     return check
 
 
-def summary(st: FleetStatus, audit: list[AuditEntry], elapsed: float) -> str:
+def summary(st: FleetStatus, audit: list[AuditEntry], elapsed: float,
+            load: EtcdLoad | None = None) -> str:
     lines = [f"{'HOST':10} {'WAVE':>4} {'BOOTED':8} {'STATE':10} LAST ERROR"]
     for h in st.hosts:
         lines.append(f"{h.hostname:10} {h.wave:>4} {h.booted_version:8} {h.update_state:10} "
@@ -297,7 +361,11 @@ def summary(st: FleetStatus, audit: list[AuditEntry], elapsed: float) -> str:
     lines.append(f"reboot slots: {locks} granted, at most {peak} held at once")
     for halt in st.halts:
         lines.append(f"halted: {halt.version} by {halt.host} ({halt.reason})")
-    lines.append(f"elapsed: {elapsed:.0f}s")
+    if load is not None:
+        top = ", ".join(f"{m} {n}" for m, n in load.methods.most_common())
+        lines.append(f"etcd requests per host: {load.per_host:.0f} (agents {load.agents}, "
+                     f"FleetLock server {load.fleetlock}, for {load.hosts} hosts; {top})")
+    lines.append(f"elapsed: {elapsed:.0f}s since the release was published")
     return "\n".join(lines)
 
 
@@ -312,7 +380,8 @@ def simulate(opts: SimulateOptions) -> int:
                        opts.timeout)
         else:
             st = watch(run, converged(run.release_version, opts.hosts), opts.timeout)
+        elapsed = time.monotonic() - run.started
         print()
-        print(summary(st, run.audit(), time.monotonic() - run.started))
+        print(summary(st, run.audit(), elapsed, run.etcd_load()))
     return 0
 

@@ -6,7 +6,16 @@ import asyncio
 
 import pytest
 
-from hostos.etcd import Compare, Delete, EtcdClient, EtcdError, Get, Put, start_etcd
+from hostos.etcd import (
+    Compare,
+    Delete,
+    EtcdClient,
+    EtcdError,
+    Get,
+    Put,
+    served_requests,
+    start_etcd,
+)
 
 
 def test_kv_txn_and_leases_on_a_real_etcd() -> None:
@@ -62,3 +71,22 @@ def test_unreachable_etcd_is_a_clear_error() -> None:
                 await c.get("/x")
 
     asyncio.run(scenario())
+
+
+def test_etcd_counts_what_clients_sent() -> None:
+    with start_etcd() as etcd:
+        before = served_requests(etcd.endpoint)
+
+        async def some_requests() -> int:
+            async with EtcdClient(etcd.endpoint) as c:
+                lease = await c.lease_grant(30)
+                await c.put("/n/a", "1", lease=lease)
+                await c.get("/n/a")
+                await c.txn([Compare.mod_revision("/n/a", 0)], [Put("/n/a", b"2")])
+                await c.lease_revoke(lease)
+                return c.ops
+
+        sent = asyncio.run(some_requests())
+        served = served_requests(etcd.endpoint) - before
+    assert sent == 5 and sum(served.values()) == sent
+    assert served == {"LeaseGrant": 1, "Put": 1, "Range": 1, "Txn": 1, "LeaseRevoke": 1}

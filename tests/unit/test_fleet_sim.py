@@ -35,3 +35,20 @@ def test_fleet_nic_forwards_the_three_services_through_the_relay() -> None:
     for guest, host in ((80, 1111), (2379, 2222), (8080, 3333)):
         assert f"guestfwd=tcp:10.0.3.100:{guest}-cmd:" in netdev
         assert f"-m hostos.fleetrelay 127.0.0.1 {host}" in netdev
+
+
+def test_summary_shows_each_host_and_the_etcd_cost_per_host() -> None:
+    from collections import Counter
+
+    from hostos.fleet import FleetStatus
+    from hostos.fleetsim import EtcdLoad, summary
+    from hostos.fleetstate import HostReport
+
+    st = FleetStatus(tuple(HostReport(f"id{i}", f"node-{i}", "default", 1 + (i > 0), "0.2.0",
+                                      "done") for i in range(3)), (), ())
+    load = EtcdLoad(3, agents=90, fleetlock=15, methods=Counter({"Range": 60, "Put": 45}))
+    text = summary(st, [], 600.0, load)
+    assert [line.split()[0] for line in text.splitlines()[1:4]] == ["node-0", "node-1",
+                                                                   "node-2"]
+    assert "etcd requests per host: 35 (agents 90, FleetLock server 15" in text
+    assert "Range 60, Put 45" in text

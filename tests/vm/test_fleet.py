@@ -39,16 +39,20 @@ def test_three_hosts_converge_with_one_reboot_at_a_time(tmp_path: Path) -> None:
     opts = SimulateOptions(hosts=3, max_unavailable=1, wave_delay=timedelta(seconds=60))
     with start_fleet(opts, tmp_path) as run:
         st = watch(run, converged(run.release_version, 3), TIMEOUT)
-        audit = run.audit()
         elapsed = time.monotonic() - run.started
-        print("\n" + summary(st, audit, elapsed))
+        audit = run.audit()
+        load = run.etcd_load()
+        print("\n" + summary(st, audit, elapsed, load))
     assert sorted(h.hostname for h in st.hosts) == ["node-0", "node-1", "node-2"]
     assert {h.booted_version for h in st.hosts} == {run.release_version}
     locks = [e for e in audit if e.op is AuditOp.LOCK]
     assert len({e.id for e in locks}) == 3  # each host took the slot...
     assert max_concurrent_holders(audit) == 1  # ...and never two at once
     assert not any(e.op is AuditOp.EXPIRE for e in audit)  # nobody needed expiring
-    print(f"3-host rollout under TCG: {elapsed:.0f}s from publish to converged")
+    # etcd's own counters saw the hosts' traffic: reports, gate checks, slots.
+    assert load.agents > 0 and load.fleetlock > 0
+    print(f"3-host rollout under TCG: {elapsed:.0f}s from publish to converged; "
+          f"{load.per_host:.0f} etcd requests per host")
 
 
 def test_bad_release_halts_after_the_canary(tmp_path: Path) -> None:
@@ -58,7 +62,7 @@ def test_bad_release_halts_after_the_canary(tmp_path: Path) -> None:
         wave2 = datetime.now(UTC) + delay
         st = watch(run, halted_and_refused(run.release_version, 3, wave2), TIMEOUT)
         audit = run.audit()
-        print("\n" + summary(st, audit, time.monotonic() - run.started))
+        print("\n" + summary(st, audit, time.monotonic() - run.started, run.etcd_load()))
     bad = run.release_version
     canary = next(h for h in st.hosts if h.wave == 1)
     assert [ht.version for ht in st.halts] == [bad] and st.halts[0].host == canary.hostname
