@@ -16,17 +16,20 @@ and a hash of its content. pyinotify watches the directory; on any change
 the daemon reconciles: creates and starts what is new, replaces what
 changed, removes containers whose file is gone. A file that does not parse
 or validate is logged with the reason and changes nothing: its container,
-if any, keeps running as it was.
+if any, keeps running as it was. A container that cannot be created or
+started yet (its image is not loaded or pulled yet, say) is logged once and
+retried with back-off (1 s doubling to 60 s), and at once when an image is
+loaded, pulled, imported or tagged (the daemon's event bus).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -34,6 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.container.errors import ContainerError
 from runtime.container.spec import CreateRequest, RestartPolicy, VolumeRequest, validate_name
+from runtime.container.state import Status
+from runtime.events import Event
+from runtime.oci import ImageNotFound
 
 if TYPE_CHECKING:
     from runtime.container.manager import ContainerManager
@@ -148,26 +154,41 @@ def load(directory: Path) -> tuple[dict[str, Desired], dict[str, str]]:
         digest = hashlib.sha256(raw).hexdigest()[:16]
         labels = dict(req.labels)
         labels.update({LABEL_FILE: path.name, LABEL_HASH: digest})
-        import dataclasses
-
         req = dataclasses.replace(req, labels=MappingProxyType(labels))
         desired[name] = Desired(path, name, digest, req)
     return desired, errors
+
+
+# Back-off between retries of files whose container could not be created or started
+# (most often: its image is not loaded or pulled yet). An image event retries at once.
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+IMAGE_ARRIVALS = frozenset({"load", "pull", "import", "tag"})
 
 
 class Reconciler:
     def __init__(self, manager: ContainerManager, directory: Path = DEFAULT_DIR) -> None:
         self.manager = manager
         self.directory = directory
-        self._pending: asyncio.Task[None] | None = None
-        self._stop: Callable[[], None] | None = None
+        self._pending: asyncio.Task[None] | None = None   # scheduled, not begun yet
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retry: asyncio.TimerHandle | None = None
+        self._failed_rounds = 0
+        self._lock = asyncio.Lock()      # one reconcile at a time (files, images, retries)
         self.last_errors: dict[str, str] = {}
+        # Declared containers that could not be created or started yet: name -> reason.
+        self.waiting: dict[str, str] = {}
 
     async def reconcile(self) -> None:
+        async with self._lock:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         desired, errors = load(self.directory)
-        self.last_errors = errors
         for fname, err in errors.items():
-            log.error("%s: %s (nothing changed for this file)", self.directory / fname, err)
+            if self.last_errors.get(fname) != err:
+                log.error("%s: %s (nothing changed for this file)", self.directory / fname, err)
+        self.last_errors = errors
         bad_files = set(errors)
         mgr = self.manager
         current = {rec.name: rec for rec in mgr.list(all=True)
@@ -181,16 +202,53 @@ class Reconciler:
             elif want is not None and rec.spec.labels.get(LABEL_HASH) != want.digest:
                 log.info("declarative: replacing %s (%s changed)", name, fname)
                 await self._guard(mgr.remove(rec.id, force=True), name)
-        names = {rec.name for rec in mgr.list(all=True)}
+        records = {rec.name: rec for rec in mgr.list(all=True)}
+        failed: dict[str, str] = {}
         for name, want in desired.items():
-            if name in names:
+            existing = records.get(name)
+            if existing is not None and not (LABEL_FILE in existing.spec.labels
+                                             and existing.state.status is Status.CREATED):
                 continue
-            log.info("declarative: creating %s from %s", name, want.path.name)
-            await self._guard(self._create_start(want), name)
+            # Absent, or declared but never started (its start failed): bring it up.
+            if name not in self.waiting:
+                log.info("declarative: %s %s from %s",
+                         "creating" if existing is None else "starting", name, want.path.name)
+            try:
+                if existing is None:
+                    existing = await mgr.create(want.request)
+                await mgr.start(existing.id)
+            except Exception as e:
+                failed[name] = self._reason(want, e)
+        self._note_failures(failed)
 
-    async def _create_start(self, want: Desired) -> None:
-        rec = await self.manager.create(want.request)
-        await self.manager.start(rec.id)
+    @staticmethod
+    def _reason(want: Desired, e: Exception) -> str:
+        if isinstance(e, ImageNotFound):
+            return (f"image {want.request.image} not found: the container starts once it "
+                    f"is loaded or pulled")
+        return str(e) or type(e).__name__
+
+    def _note_failures(self, failed: dict[str, str]) -> None:
+        for name, reason in failed.items():
+            if self.waiting.get(name) != reason:   # once per reason, not at every retry
+                log.error("declarative: %s: %s (retrying)", name, reason)
+        for name in self.waiting.keys() - failed.keys():
+            log.info("declarative: %s is up", name)
+        self.waiting = failed
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if not failed:
+            self._failed_rounds = 0
+            return
+        delay = min(RETRY_FIRST * 2 ** self._failed_rounds, RETRY_MAX)
+        self._failed_rounds += 1
+        self._retry = asyncio.get_running_loop().call_later(delay, self.schedule, 0.0)
+
+    def on_event(self, event: Event) -> None:
+        """An image arrived: retry the waiting containers now rather than at the back-off."""
+        if self.waiting and event.type == "image" and event.action in IMAGE_ARRIVALS:
+            self.schedule()
 
     @staticmethod
     async def _guard(coro: Any, name: str) -> None:
@@ -200,19 +258,39 @@ class Reconciler:
             log.error("declarative: %s: %s", name, e)
 
     def schedule(self, delay: float = 0.2) -> None:
-        """Reconcile soon, once, however many inotify events arrive meanwhile."""
-        if self._pending is not None and not self._pending.done():
+        """Reconcile soon, once, however many events arrive before it begins."""
+        if self._pending is not None:
             return
 
         async def later() -> None:
             await asyncio.sleep(delay)
+            self._pending = None   # a change from now on needs a reconcile of its own
             await self.reconcile()
 
-        self._pending = asyncio.get_running_loop().create_task(later())
+        task = asyncio.get_running_loop().create_task(later())
+        self._pending = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def watch(self) -> None:
         """Reconcile now, then on every change of the directory (until cancelled)."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        images = asyncio.get_running_loop().create_task(self._watch_images())
+        try:
+            await self._watch_files()
+        finally:
+            images.cancel()
+            if self._retry is not None:
+                self._retry.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _watch_images(self) -> None:
+        async for event in self.manager.events.subscribe(
+                match=lambda ev: ev.type == "image" and ev.action in IMAGE_ARRIVALS):
+            self.on_event(event)
+
+    async def _watch_files(self) -> None:
         await self.reconcile()
         loop = asyncio.get_running_loop()
         try:

@@ -79,3 +79,39 @@ def test_inotify_watch_starts_a_dropped_in_file(env: EngineEnv, tmp_path: Path) 
         task.cancel()
 
     run_engine(env, scenario)
+
+
+def test_a_file_waiting_for_its_image_starts_once_the_image_is_there(
+        env: EngineEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d = tmp_path / "containers.d"
+    later = WEB.replace(IMAGE, "later:1")
+
+    async def scenario(m: ContainerManager) -> None:
+        r = Reconciler(m, d)
+        task = asyncio.create_task(r.watch())
+        await asyncio.sleep(0.2)
+        (d / "web.toml").write_text(later)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if "web" in r.waiting:
+                break
+        assert "image later:1 not found" in r.waiting["web"]
+        assert m.list(all=True) == []
+        await asyncio.sleep(1.5)     # a retry or two meanwhile: the error is logged once
+        # The image arrives behind the daemon's back (no image event): the back-off
+        # retry finds it.
+        env.images.tag(IMAGE, "later:1")
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if any(rec.name == "web" for rec in m.list()):
+                break
+        assert m.inspect("web").state.status is Status.RUNNING
+        assert r.waiting == {}
+        task.cancel()
+
+    with caplog.at_level("INFO", logger="berth.declarative"):
+        run_engine(env, scenario)
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"]
+    assert errors == ["declarative: web: image later:1 not found: the container starts once "
+                      "it is loaded or pulled (retrying)"], errors
+    assert leaks(env) == []
