@@ -86,6 +86,21 @@ def _nano_cpus(hc: Mapping[str, Any]) -> int | None:
     return None
 
 
+_MIN_MEMORY = 6 << 20   # dockerd's linuxMinMemory
+
+
+def _check_memory(memory: int, swap: int) -> None:
+    """dockerd's checks of --memory/--memory-swap, with its messages."""
+    if 0 < memory < _MIN_MEMORY:
+        raise BadRequest("Minimum memory limit allowed is 6MB")
+    if memory > 0 and 0 < swap < memory:
+        raise BadRequest("Minimum memoryswap limit should be larger than memory limit, "
+                         "see usage")
+    if memory <= 0 and swap > 0:
+        raise BadRequest("You should always set the Memory limit when using Memoryswap "
+                         "limit, see usage")
+
+
 def create_request(body: Mapping[str, Any], name: str | None,
                    network_options: Mapping[str, object]) -> CreateRequest:
     """POST /containers/create body -> the engine's CreateRequest (validated shape only)."""
@@ -111,6 +126,7 @@ def create_request(body: Mapping[str, Any], name: str | None,
     cap_add = tuple(hc.get("CapAdd") or ()) + (("ALL",) if privileged else ())
     mode = str(hc.get("NetworkMode") or "default")
     volumes, tmpfs = _volumes(body, hc)
+    _check_memory(int(hc.get("Memory") or 0), int(hc.get("MemorySwap") or 0))
     return CreateRequest(
         image=image, cmd=_strings(body.get("Cmd"), "Cmd"), entrypoint=entrypoint, name=name,
         env=tuple(body.get("Env") or ()), user=body.get("User") or "",
@@ -218,7 +234,21 @@ def mounts_json(rec: ContainerRecord) -> list[dict[str, Any]]:
     return out
 
 
-def host_config_json(rec: ContainerRecord, log_type: str) -> dict[str, Any]:
+def memory_swap(memory: int | None, swap: int | None, swap_limit: bool) -> int:
+    """HostConfig.MemorySwap as dockerd reports it, and as the cgroup has it.
+
+    dockerd stores twice the memory when --memory-swap is not given (swap up to
+    the memory limit; runtime/cgroups/memory.py writes memory.swap.max so), and -1
+    where swap cannot be limited ("Memory limited without swap")."""
+    if not memory or memory <= 0:
+        return swap or 0
+    if not swap_limit:
+        return -1
+    return swap if swap else 2 * memory
+
+
+def host_config_json(rec: ContainerRecord, log_type: str,
+                     swap_limit: bool = True) -> dict[str, Any]:
     req = rec.request
     opts: Mapping[str, Any] = req.network_options or {}
     return {
@@ -231,7 +261,8 @@ def host_config_json(rec: ContainerRecord, log_type: str) -> dict[str, Any]:
         "RestartPolicy": {"Name": req.restart_policy.name.value,
                           "MaximumRetryCount": req.restart_policy.maximum_retry_count},
         "AutoRemove": req.auto_remove, "ReadonlyRootfs": req.read_only,
-        "Memory": req.memory or 0, "MemorySwap": req.memory_swap or 0,
+        "Memory": req.memory or 0,
+        "MemorySwap": memory_swap(req.memory, req.memory_swap, swap_limit),
         "NanoCpus": req.nano_cpus or 0, "CpuShares": req.cpu_shares or 0,
         "PidsLimit": req.pids_limit, "BlkioWeight": req.io_weight or 0,
         "CapAdd": list(req.cap_add) or None, "CapDrop": list(req.cap_drop) or None,
@@ -247,7 +278,7 @@ def host_config_json(rec: ContainerRecord, log_type: str) -> dict[str, Any]:
 
 
 def inspect_json(rec: ContainerRecord, *, log_path: str, log_type: str,
-                 exec_ids: Sequence[str] = ()) -> dict[str, Any]:
+                 exec_ids: Sequence[str] = (), swap_limit: bool = True) -> dict[str, Any]:
     spec, req = rec.spec, rec.request
     opts: Mapping[str, Any] = req.network_options or {}
     exposed: dict[str, dict[str, Any]] = {p: {} for p in opts.get("ExposedPorts") or []}
@@ -259,7 +290,7 @@ def inspect_json(rec: ContainerRecord, *, log_path: str, log_type: str,
         "Name": f"/{rec.name}", "RestartCount": rec.state.restart_count, "Driver": "overlay2",
         "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
         "ExecIDs": list(exec_ids) or None,
-        "HostConfig": host_config_json(rec, log_type),
+        "HostConfig": host_config_json(rec, log_type, swap_limit),
         "GraphDriver": {"Name": "overlay2", "Data": {"LowerDir": ":".join(reversed(rec.layers))}},
         "Mounts": mounts_json(rec),
         "Config": {

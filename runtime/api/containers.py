@@ -126,7 +126,7 @@ async def inspect(request: web.Request) -> web.StreamResponse:
     rec = mgr.inspect(ref(request))
     return web.json_response(views.inspect_json(
         rec, log_path=log_path(mgr, rec.id), log_type=log_type(mgr),
-        exec_ids=exec_ids(mgr, rec.id)))
+        exec_ids=exec_ids(mgr, rec.id), swap_limit="memory" not in mgr.info().cgroup_missing))
 
 
 async def list_containers(request: web.Request) -> web.StreamResponse:

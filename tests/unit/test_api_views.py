@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from runtime.api.container_views import (
     create_request,
     inspect_json,
+    memory_swap,
     port_list,
     rfc3339,
     stats_json,
@@ -168,3 +170,26 @@ def test_host_config_fields_berthd_ignores_are_warned_about() -> None:
                                             "Ulimits": [{"Name": "nofile"}]}})
     assert [w.split()[4] for w in warned] == ["HostConfig.Ulimits:", "HostConfig.ShmSize:",
                                              "HostConfig.Init:"]
+
+
+def test_memory_swap_as_dockerd_reports_it_and_refuses_it() -> None:
+    # No --memory-swap: twice the memory (swap up to the memory limit, as the cgroup has).
+    assert memory_swap(64 << 20, None, swap_limit=True) == 128 << 20
+    assert memory_swap(64 << 20, 96 << 20, swap_limit=True) == 96 << 20
+    assert memory_swap(64 << 20, -1, swap_limit=True) == -1
+    assert memory_swap(None, None, swap_limit=True) == 0
+    # Swap not limitable here: "Memory limited without swap".
+    assert memory_swap(64 << 20, None, swap_limit=False) == -1
+    req = create_request({"Image": "b", "HostConfig": {"Memory": 64 << 20, "MemorySwap": 0}},
+                         None, {})
+    running = State(status=Status.RUNNING, pid=42, started_at=1.0)
+    rec = record(running)
+    doc = inspect_json(dataclasses.replace(rec, request=req), log_path="", log_type="json-file")
+    assert (doc["HostConfig"]["Memory"], doc["HostConfig"]["MemorySwap"]) == \
+        (64 << 20, 128 << 20)
+    for hc, message in (({"Memory": 1 << 20}, "Minimum memory limit allowed is 6MB"),
+                        ({"Memory": 64 << 20, "MemorySwap": 32 << 20},
+                         "Minimum memoryswap limit should be larger than memory limit"),
+                        ({"MemorySwap": 64 << 20}, "You should always set the Memory limit")):
+        with pytest.raises(BadRequest, match=message):
+            create_request({"Image": "b", "HostConfig": hc}, None, {})

@@ -133,6 +133,9 @@ def test_cpus_and_memory_land_in_the_containers_cgroup(guest: Guest) -> None:
     assert guest.read(f"{cg}/memory.max") == str(32 << 20)
     # No --memory-swap: as much swap as memory, as Docker (the image has zram swap).
     assert guest.read(f"{cg}/memory.swap.max") == str(32 << 20)
+    # ... and inspect says so as dockerd does: MemorySwap is memory + swap.
+    host_config = guest.inspect("limited")["HostConfig"]
+    assert (host_config["Memory"], host_config["MemorySwap"]) == (32 << 20, 64 << 20)
     assert guest.read(f"{cg}/pids.max") == "50"
     # The container sees its own limits through its cgroup namespace.
     inside = guest.docker("exec", "limited", "cat", "/sys/fs/cgroup/memory.max",
