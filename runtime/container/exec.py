@@ -166,7 +166,7 @@ async def start(mgr: ContainerManager, exec_id: str) -> ExecSession:
             seccomp_bpf=None if spec.seccomp == "unconfined" else default_profile_bpf(cap_set),
             userns=rec.uid_base != 0, unshare=Namespace.NONE, tty=req.tty, make_workdir=False)
         launch = Launch(plan, None, stdio, mgr.hierarchy.container(c.id), None, Namespace.NONE,
-                        mgr.sys, join=tuple(join), pid_ns_fd=pid_ns)
+                        mgr.sys, join=tuple(join), pid_ns_fd=pid_ns, cloner=mgr.spawner())
         s.pid = launch.begin()
         try:
             s.pidfd = launch.finish()

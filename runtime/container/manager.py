@@ -30,6 +30,7 @@ from runtime.container import pause as pause_mod
 from runtime.container import start as start_mod
 from runtime.container.errors import Conflict, InvalidRequest, NoSuchContainer
 from runtime.container.network import NetworkProvider
+from runtime.container.spawner import Cloner, InProcessCloner, SpawnerClient, start_spawner
 from runtime.container.spec import CreateRequest, ExecRequest, validate_name
 from runtime.container.state import State, Status, WaitCondition
 from runtime.events import EventBus
@@ -60,6 +61,9 @@ class EngineConfig:
     log_driver: str = "auto"                # auto | journald | json-file
     log_max_size: int = 10 << 20
     log_max_files: int = 3
+    # Clone containers from a small spawner process (CLONE_PARENT: still our children)
+    # rather than from the daemon itself: see spawner.py.
+    spawner: bool = True
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,8 @@ class ContainerManager:
         self.containers: dict[str, Container] = {}
         self.execs: dict[str, exec_mod.ExecSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.cloner: Cloner = InProcessCloner(self.sys)
+        self._spawner = contextlib.ExitStack()
         for d in (config.root / "containers", config.exec_root / "containers",
                   config.exec_root / "netns"):
             d.mkdir(parents=True, exist_ok=True)
@@ -238,6 +244,20 @@ class ContainerManager:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def spawner(self) -> Cloner:
+        """What clones containers: the spawner process (started here, and started again
+        if it died), or this process itself without one (see spawner.py)."""
+        if not self.config.spawner or not isinstance(self.sys, LibcSys):
+            return self.cloner
+        if isinstance(self.cloner, SpawnerClient):
+            if self.cloner.alive():
+                return self.cloner
+            log.warning("spawner (pid %d) exited with %s; starting a new one",
+                        self.cloner.proc.pid, self.cloner.proc.returncode)
+            self._spawner.close()
+        self.cloner = self._spawner.enter_context(start_spawner())
+        return self.cloner
+
     # --- the API --------------------------------------------------------------
 
     async def adopt(self) -> None:
@@ -252,6 +272,7 @@ class ContainerManager:
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         self.hierarchy.setup()
+        self.spawner()
         await adopt_mod.adopt_all(self)
 
     async def create(self, req: CreateRequest) -> ContainerRecord:
@@ -428,6 +449,8 @@ class ContainerManager:
         self.oom_watch.close()
         for session in self.execs.values():
             exec_mod.detach(session)
+        self._spawner.close()
+        self.cloner = InProcessCloner(self.sys)
 
 
 def _matches(rec: ContainerRecord, filters: Mapping[str, Sequence[str]]) -> bool:

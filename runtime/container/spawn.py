@@ -3,6 +3,7 @@
 The parent's half of the handshake with init.py:
 
     clone3(NEWUSER|NEWPID|NEWUTS|NEWIPC[|NEWNET], INTO_CGROUP, PIDFD)   child: waits "go"
+      (by the spawner process with CLONE_PARENT, or by berthd itself: the Cloner)
     parent: uid_map/gid_map, host mounts (idmapped layers,
             overlay), [network setup by the caller, between begin and finish]
     parent: "go"                     child: unshare(NEWNS|NEWCGROUP), "copied"
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 from runtime import rootfs
 from runtime.cgroups import Cgroup
 from runtime.container.errors import StartError
-from runtime.container.init import ChildFds, ChildPlan, child_main
+from runtime.container.init import ChildFds, ChildPlan
+from runtime.container.spawner import Cloner, InProcessCloner
 from runtime.sys import Namespace, Sys
-from runtime.sys.libc import clone3
 
 START_TIMEOUT = 10.0
 
@@ -95,7 +96,7 @@ class Launch:
     def __init__(self, plan: ChildPlan, spec: rootfs.RootfsSpec | None, stdio: Stdio | None,
                  cgroup: Cgroup | None, idmap: IdMap | None, namespaces: Namespace,
                  sys: Sys, join: tuple[tuple[int, Namespace], ...] = (),
-                 pid_ns_fd: int = -1) -> None:
+                 pid_ns_fd: int = -1, cloner: Cloner | None = None) -> None:
         self.plan = plan
         self.spec = spec
         self.stdio = stdio
@@ -105,6 +106,7 @@ class Launch:
         self.sys = sys
         self.join = join
         self.pid_ns_fd = pid_ns_fd
+        self.cloner: Cloner = cloner or InProcessCloner(sys)
         self.pid = 0
         self.pidfd = -1
         self.pty_master = -1     # -t: the master of the pty the child opened (after finish)
@@ -127,15 +129,13 @@ class Launch:
         fds = ChildFds(stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr, go=go_r,
                        copied=copied_w, error=err_w, join=self.join, console=console_w)
         try:
-            pid, self.pidfd = self._clone()
+            pid, self.pidfd = self._clone(fds)
         except OSError as e:
             for fd in (go_r, copied_w, err_w, console_w):
                 if fd >= 0:
                     os.close(fd)
             self._close_parent_ends()
             raise StartError(f"clone: {e.strerror}") from e
-        if pid == 0:
-            child_main(self.plan, fds, self.sys)
         self.pid = pid
         for fd in (go_r, copied_w, err_w, console_w):
             if fd >= 0:
@@ -157,32 +157,16 @@ class Launch:
             raise
         return pid
 
-    def _clone(self) -> tuple[int, int]:
-        """(pid, pidfd) in the parent, (0, -1) in the child; into the cgroup if any."""
-        cg_fd = own = -1
+    def _clone(self, fds: ChildFds) -> tuple[int, int]:
+        """(pid, pidfd) of the child, born in its cgroup if any."""
+        cg_fd = -1
         try:
             if self.cgroup is not None:
                 cg_fd = os.open(self.cgroup.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            if self.pid_ns_fd >= 0:
-                # Joining a pid namespace only applies to children: switch ours for the
-                # clone, then back (our own active pid namespace is always allowed).
-                own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-                self.sys.setns(self.pid_ns_fd, Namespace.PID)
-            pid, pidfd = clone3(self.namespaces, cg_fd)
-        except BaseException:
-            self._restore(own, cg_fd)
-            raise
-        if pid == 0:
-            return 0, -1   # the child: its copies of the fds are CLOEXEC
-        self._restore(own, cg_fd)
-        return pid, pidfd
-
-    def _restore(self, own_pid_ns: int, cg_fd: int) -> None:
-        if own_pid_ns >= 0:
-            self.sys.setns(own_pid_ns, Namespace.PID)
-            os.close(own_pid_ns)
-        if cg_fd >= 0:
-            os.close(cg_fd)
+            return self.cloner.clone(self.plan, fds, self.namespaces, cg_fd, self.pid_ns_fd)
+        finally:
+            if cg_fd >= 0:
+                os.close(cg_fd)
 
     def finish(self) -> int:
         """Release the child; return its pidfd once it has exec'd, or raise StartError."""

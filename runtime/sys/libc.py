@@ -214,20 +214,26 @@ def clone(flags: Namespace) -> int:
 
 _SYS_CLONE3 = 435
 _CLONE_PIDFD = 0x00001000
+_CLONE_PARENT = 0x00008000
 _CLONE_INTO_CGROUP = 0x200000000
 
 
-def clone3(flags: Namespace, cgroup_fd: int = -1) -> tuple[int, int]:
+def clone3(flags: Namespace, cgroup_fd: int = -1, parent: bool = False) -> tuple[int, int]:
     """clone3(2) into new namespaces and, if cgroup_fd >= 0, straight into that cgroup.
 
-    Returns (pid, pidfd) in the parent and (0, -1) in the child. Starting the
+    Returns (pid, pidfd) in the caller and (0, -1) in the child. Starting the
     child in its cgroup (CLONE_INTO_CGROUP, Linux 5.7) spares a write to
-    cgroup.procs, whose migration lock is the slowest step of a start.
+    cgroup.procs, whose migration lock is the slowest step of a start. With
+    `parent` (CLONE_PARENT) the child is our parent's child, not ours: the
+    spawner clones containers for berthd that way.
     """
     pidfd = ctypes.c_int(-1)
-    extra = _CLONE_PIDFD | (_CLONE_INTO_CGROUP if cgroup_fd >= 0 else 0)
+    extra = (_CLONE_PIDFD | (_CLONE_INTO_CGROUP if cgroup_fd >= 0 else 0)
+             | (_CLONE_PARENT if parent else 0))
     args = _CloneArgs(flags=int(flags) | extra, pidfd=ctypes.addressof(pidfd),
-                      exit_signal=17, cgroup=max(cgroup_fd, 0))
+                      # CLONE_PARENT takes no exit_signal: the kernel gives the child
+                      # ours (SIGCHLD), as the signal our parent gets at its exit.
+                      exit_signal=0 if parent else 17, cgroup=max(cgroup_fd, 0))
     ctypes.pythonapi.PyOS_BeforeFork()
     pid = _pylibc.syscall(_SYS_CLONE3, ctypes.addressof(args), ctypes.sizeof(args), 0, 0, 0)
     if pid == 0:

@@ -44,6 +44,26 @@ def alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def children_running(parent: int, module: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+            if module.encode() in cmdline and ppid(int(entry)) == parent:
+                found.append(int(entry))
+        except OSError:
+            continue   # ended meanwhile
+    return found
+
+
 def mounts_under(root: Path) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f if line.split()[4].startswith(str(root))]
@@ -59,8 +79,17 @@ def test_kill9_with_50_running_containers_then_readopt(netns: NetNS) -> None:
             pids = {cid: api(first, "GET", f"/containers/{cid}/json")["State"]["Pid"]
                     for cid in ids}
             assert all(pid > 0 and alive(pid) for pid in pids.values())
+            # Cloned by berthd's spawner with CLONE_PARENT: berthd's own children.
+            assert {ppid(pid) for pid in pids.values()} == {first.proc.pid}
+            spawners = children_running(first.proc.pid, "runtime.container.spawner")
+            assert len(spawners) == 1
             first.proc.send_signal(signal.SIGKILL)
             first.proc.wait()
+            # The spawner dies with berthd (PR_SET_PDEATHSIG): no process of it stays.
+            deadline = time.monotonic() + 5
+            while any(alive(p) for p in spawners) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not any(alive(p) for p in spawners)
 
         # berthd is gone; its containers are not. `short` ends meanwhile.
         assert all(alive(pid) for pid in pids.values())

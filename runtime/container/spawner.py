@@ -1,0 +1,284 @@
+"""The spawner: one small process that clones every container's PID 1 for berthd.
+
+Why: clone3 from berthd copies the page tables of a ~70 MB Python process
+per start, and the child (Python until its exec) then copy-on-writes pages
+of that heap as it runs. The spawner is a fresh interpreter that imports
+only what a container's init needs (init.py, rootfs.py, runtime/sys), so a
+clone of it is cheap. It is single-threaded, so the malloc-lock hazard of a
+clone3 in a threaded daemon (README: "clone3 from a threaded daemon") is
+gone too.
+
+It is ONE process for all containers, not a shim per container: it clones
+with CLONE_PARENT, so each container's PID 1 is still berthd's direct child
+(berthd stays the subreaper, reaps through the pidfd, re-adopts after a
+restart exactly as before). The pidfd from CLONE_PIDFD and the pid go back
+to berthd over a unix socket (SCM_RIGHTS); the spawner keeps nothing.
+
+Protocol (one request at a time; berthd holds a lock):
+    berthd -> spawner: 8-byte length + SCM_RIGHTS [fds...], then a pickled
+                       SpawnRequest whose fd fields index that fd list
+    spawner -> berthd: 8-byte length + SCM_RIGHTS [pidfd] (on success),
+                       then a pickled ("ok", pid) or ("error", errno, message)
+EOF on the socket (berthd exited or stopped it) ends the spawner; it also
+has PR_SET_PDEATHSIG=SIGKILL, so it never outlives berthd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys as pysys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from runtime.container.init import ChildFds, ChildPlan, child_main
+from runtime.sys import Namespace, Sys
+from runtime.sys import libc as libc_mod
+
+_LEN = struct.Struct("!Q")
+_MAX_FDS = 64
+
+
+class Cloner(Protocol):
+    """Creates a container's first process (or an exec's) running `child_main`."""
+
+    def clone(self, plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
+              pid_ns_fd: int) -> tuple[int, int]:
+        """(pid, pidfd) of a new child of this process, born in `namespaces` (and in
+        the cgroup of cgroup_fd, and in the pid namespace of pid_ns_fd, when >= 0)."""
+        ...
+
+
+class InProcessCloner:
+    """clone3 of the calling process itself (the spawner's own path, and berthd's
+    when no spawner runs, e.g. an engine embedded in a test)."""
+
+    def __init__(self, sys: Sys, parent: bool = False) -> None:
+        self.sys = sys
+        self.parent = parent   # CLONE_PARENT: the child is our parent's child
+
+    def clone(self, plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
+              pid_ns_fd: int) -> tuple[int, int]:
+        own = -1
+        try:
+            if pid_ns_fd >= 0:
+                # Joining a pid namespace only applies to children: switch ours for the
+                # clone, then back (our own active pid namespace is always allowed).
+                own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                self.sys.setns(pid_ns_fd, Namespace.PID)
+            pid, pidfd = libc_mod.clone3(namespaces, cgroup_fd, parent=self.parent)
+            if pid == 0:
+                child_main(plan, fds, self.sys)
+        finally:
+            if own >= 0:
+                self.sys.setns(own, Namespace.PID)
+                os.close(own)
+        return pid, pidfd
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    plan: ChildPlan
+    fds: ChildFds        # every fd field is an index into the message's fd list (or -1)
+    namespaces: int
+    cgroup: int          # index, or -1
+    pid_ns: int          # index, or -1
+    # The seccomp BPF (~8 KiB) goes once per profile: later requests name it by digest.
+    seccomp_key: bytes = b""
+
+
+_FD_FIELDS = ("stdin", "stdout", "stderr", "go", "copied", "error", "console")
+
+
+def _pack(plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
+          pid_ns_fd: int, known_bpf: set[bytes]) -> tuple[bytes, list[int]]:
+    """The request and its fds; known_bpf: digests of the BPF programs the spawner has."""
+    sent: list[int] = []
+    key = b""
+    if plan.seccomp_bpf:
+        key = hashlib.blake2b(plan.seccomp_bpf, digest_size=16).digest()
+        if key in known_bpf:
+            plan = dataclasses.replace(plan, seccomp_bpf=None)
+        else:
+            known_bpf.add(key)
+
+    def index(fd: int) -> int:
+        if fd < 0:
+            return -1
+        sent.append(fd)
+        return len(sent) - 1
+
+    fields = {name: index(getattr(fds, name)) for name in _FD_FIELDS}
+    join = tuple((index(fd), ns) for fd, ns in fds.join)
+    req = SpawnRequest(plan, dataclasses.replace(fds, join=join, **fields), int(namespaces),
+                       index(cgroup_fd), index(pid_ns_fd), key)
+    return pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL), sent
+
+
+def _unpack(req: SpawnRequest, got: list[int]) -> tuple[ChildFds, int, int]:
+    def fd(i: int) -> int:
+        return got[i] if i >= 0 else -1
+
+    fields = {name: fd(getattr(req.fds, name)) for name in _FD_FIELDS}
+    join = tuple((fd(i), ns) for i, ns in req.fds.join)
+    return dataclasses.replace(req.fds, join=join, **fields), fd(req.cgroup), fd(req.pid_ns)
+
+
+def _send(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
+    """Header, fds and payload in one sendmsg: one wake-up of the other side."""
+    data = _LEN.pack(len(payload)) + payload
+    sent = socket.send_fds(sock, [data], fds) if fds else sock.send(data)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
+def _recv(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """One message, or None at EOF. Received fds are made close-on-exec."""
+    data, fds, _, _ = socket.recv_fds(sock, 1 << 16, _MAX_FDS)
+    for fd in fds:
+        os.set_inheritable(fd, False)   # recvmsg gives inheritable fds: the error pipe
+    if not data:                        # must close at the container's exec
+        for fd in fds:
+            os.close(fd)
+        return None
+    while len(data) < _LEN.size:
+        more = sock.recv(_LEN.size - len(data))
+        if not more:
+            raise ConnectionError("spawner socket: short header")
+        data += more
+    (size,) = _LEN.unpack(data[:_LEN.size])
+    body = bytearray(data[_LEN.size:])
+    # One request (or answer) in flight at a time: nothing of a next message follows.
+    while len(body) < size:
+        chunk = sock.recv(min(size - len(body), 1 << 20))
+        if not chunk:
+            raise ConnectionError("spawner socket: short message")
+        body += chunk
+    return bytes(body), fds
+
+
+class SpawnerError(OSError):
+    """The spawner process is gone or answered nonsense."""
+
+
+class SpawnerClient:
+    """berthd's side: a Cloner that asks the spawner process."""
+
+    def __init__(self, sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+        self.sock = sock
+        self.proc = proc
+        self._lock = threading.Lock()   # one request in flight: replies are not tagged
+        self._known_bpf: set[bytes] = set()
+
+    def clone(self, plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
+              pid_ns_fd: int) -> tuple[int, int]:
+        with self._lock:
+            payload, sent = _pack(plan, fds, namespaces, cgroup_fd, pid_ns_fd, self._known_bpf)
+            try:
+                _send(self.sock, payload, sent)
+                got = _recv(self.sock)
+            except OSError as e:
+                raise SpawnerError(e.errno, f"spawner: {e.strerror or e}") from e
+        if got is None:
+            raise SpawnerError(f"spawner (pid {self.proc.pid}) exited "
+                               f"({self.proc.poll()})")
+        body, pidfds = got
+        answer = pickle.loads(body)
+        if answer[0] == "ok":
+            if len(pidfds) != 1:
+                raise SpawnerError("spawner: no pidfd with the answer")
+            return int(answer[1]), pidfds[0]
+        for fd in pidfds:
+            os.close(fd)
+        raise OSError(int(answer[1]), str(answer[2]))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def start_spawner() -> Iterator[SpawnerClient]:
+    """Run the spawner as our child for the duration; stop it (EOF, then wait)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        proc = subprocess.Popen(
+            [pysys.executable, "-m", "runtime.container.spawner", str(theirs.fileno()),
+             str(os.getpid())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True)
+    except BaseException:
+        ours.close()
+        theirs.close()
+        raise
+    theirs.close()
+    try:
+        yield SpawnerClient(ours, proc)
+    finally:
+        ours.close()   # EOF: the spawner exits
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def serve(sock: socket.socket, sys: Sys) -> None:
+    """The spawner's loop: clone per request (CLONE_PARENT), hand back the pidfd."""
+    cloner = InProcessCloner(sys, parent=True)
+    bpf: dict[bytes, bytes] = {}
+    while True:
+        got = _recv(sock)
+        if got is None:
+            return
+        body, fds = got
+        pidfd = -1
+        try:
+            req: SpawnRequest = pickle.loads(body)
+            plan = req.plan
+            if req.seccomp_key:
+                if plan.seccomp_bpf:
+                    bpf[req.seccomp_key] = plan.seccomp_bpf
+                else:
+                    plan = dataclasses.replace(plan, seccomp_bpf=bpf[req.seccomp_key])
+            child_fds, cgroup_fd, pid_ns_fd = _unpack(req, fds)
+            pid, pidfd = cloner.clone(plan, child_fds, Namespace(req.namespaces),
+                                      cgroup_fd, pid_ns_fd)
+            answer: tuple[object, ...] = ("ok", pid)
+        except OSError as e:
+            answer = ("error", e.errno or 0, str(e))
+        except Exception as e:  # a bad request must not end the spawner
+            answer = ("error", 0, f"spawner: {type(e).__name__}: {e}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            _send(sock, pickle.dumps(answer), [pidfd] if pidfd >= 0 else [])
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+
+
+def main(argv: list[str]) -> int:
+    """argv: the socket's fd, berthd's pid."""
+    libc_mod.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != int(argv[1]):   # berthd died before the line above
+        return 0
+    # Ctrl-C in berthd's terminal goes to the whole process group: berthd decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from runtime.sys.libc import LibcSys
+
+    with socket.socket(fileno=int(argv[0])) as sock:
+        serve(sock, LibcSys())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(pysys.argv[1:]))
