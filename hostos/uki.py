@@ -1,9 +1,10 @@
-"""Unified kernel images: read and rewrite the `.cmdline` PE section; broken releases.
+"""Unified kernel images: rewrite the `.cmdline` PE section; deliberately broken releases.
 
 A UKI is a PE file whose `.cmdline` section holds the kernel command line
-(with `usrhash=`). Changing it after the build is how a release is made
-deliberately bad (a realistic failure: it boots, but does not come up
-healthy), for the rollback VM test and `hostos fleet simulate --bad`.
+(with `usrhash=`; `hostos.artifacts.uki_cmdline` reads it). Changing it
+after the build is how a release is made deliberately bad (a realistic
+failure: it boots, but does not come up healthy), for the rollback VM test
+and `hostos fleet simulate --bad`.
 The new text must fit in the section's file padding, so the PE layout is
 never moved; only unsigned UKIs (a signature would no longer match).
 """
@@ -60,13 +61,6 @@ def _cmdline_section(data: bytes | bytearray, source: Path | str) -> Section:
         if s.name == CMDLINE_SECTION:
             return s
     raise HostosError(f"{source} has no {CMDLINE_SECTION} section (not a UKI?)")
-
-
-def read_cmdline(uki: Path) -> str:
-    """The kernel command line built into `uki`."""
-    data = uki.read_bytes()
-    s = _cmdline_section(data, uki)
-    return bytes(data[s.raw_pointer:s.raw_pointer + s.virtual_size]).rstrip(b"\0").decode()
 
 
 def patch_cmdline(src: Path, dst: Path, extra: str) -> str:

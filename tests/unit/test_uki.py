@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from hostos.artifacts import load_image
+from hostos.artifacts import uki_cmdline as read_cmdline
 from hostos.errors import HostosError
-from hostos.uki import broken_release_image, patch_cmdline, read_cmdline, sections
+from hostos.uki import broken_release_image, patch_cmdline, sections
 
 FILE_ALIGN = 0x200
 
@@ -77,7 +78,8 @@ def test_not_a_uki_is_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.efi"
     junk.write_bytes(b"\0" * 4096)
     with pytest.raises(HostosError, match="not a PE file"):
-        read_cmdline(junk)
+        patch_cmdline(junk, tmp_path / "out.efi", "quiet")
+    assert not (tmp_path / "out.efi").exists()
 
 
 def test_broken_release_image_shares_all_but_the_uki(tmp_path: Path) -> None:
