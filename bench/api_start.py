@@ -11,6 +11,11 @@
    with a private data root in the same namespace), all `--network none`.
 
 Medians of --runs runs each (after --warmup runs), and the ratio to each peer.
+
+Run state on tmpfs for every side, as each runtime has it when deployed
+(/run is a tmpfs): berthd's exec root, crun's state root, dockerd's exec
+root and podman's runroot all live on one tmpfs mounted for the run
+(`run_tmpfs`); data roots (images, upper dirs, records) stay on disk.
 """
 
 from __future__ import annotations
@@ -65,6 +70,18 @@ def timed(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
 
 
 @contextmanager
+def run_tmpfs(path: Path) -> Iterator[Path]:
+    """A tmpfs at `path` for the run state of every side (deployed, each has it under
+    /run, a tmpfs); lazily unmounted at the end."""
+    path.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-t", "tmpfs", "-o", "mode=0711,size=1g", "berth-bench", str(path)])
+    try:
+        yield path
+    finally:
+        run(["umount", "-l", str(path)], check=False)
+
+
+@contextmanager
 def netns() -> Iterator[str]:
     name = f"berth-bench-{uuid.uuid4().hex[:8]}"
     run(["ip", "netns", "add", name])
@@ -94,7 +111,7 @@ def start_berthd(ns: str, work: Path) -> Iterator[Path]:
     log = (work / "berthd.log").open("wb")
     proc = subprocess.Popen(
         ["nsenter", f"--net={ns}", "--", sys.executable, "-m", "runtime.daemon",
-         "--data-root", str(work / "data"), "--exec-root", str(work / "exec"),
+         "--data-root", str(work / "data"), "--exec-root", str(work / "run" / "berthd"),
          "-H", f"unix://{sock}", "--bridge", "none", "--log-level", "warn"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
@@ -112,7 +129,7 @@ def start_dockerd(ns: str, work: Path) -> Iterator[Path]:
     log = (work / "dockerd.log").open("wb")
     proc = subprocess.Popen(
         ["nsenter", f"--net={ns}", "--", "dockerd", "--data-root", str(work / "docker"),
-         "--exec-root", str(work / "docker-exec"), "-H", f"unix://{sock}",
+         "--exec-root", str(work / "run" / "docker"), "-H", f"unix://{sock}",
          "--pidfile", str(work / "dockerd.pid"), "--iptables=false", "--ip-forward=false",
          "--ip-masq=false", "--bridge=none", "--storage-driver=overlay2"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -133,7 +150,7 @@ def podman_env(work: Path) -> dict[str, str]:
                     'events_logger="file"\n')
     storage = work / "storage.conf"
     storage.write_text(f'[storage]\ndriver="overlay"\ngraphroot="{work}/podman"\n'
-                       f'runroot="{work}/podman-run"\n')
+                       f'runroot="{work}/run/podman"\n')
     return {"CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
 
 
@@ -182,7 +199,7 @@ def crun_times(work: Path, bundle: Path, runs: int, warmup: int) -> list[float]:
     # itself is timed, not the unshare around it.
     script = (f"mount --bind {work / 'empty'} /sys/fs/cgroup/unified/cgroup.controllers && "
               f"exec {sys.executable} -m bench.api_start --crun-loop {bundle} "
-              f"{work / 'crun-state'} {runs} {warmup}")
+              f"{work / 'run' / 'crun'} {runs} {warmup}")
     out = run(["unshare", "-m", "sh", "-c", script], cwd=ROOT).stdout
     return [float(x) for x in json.loads(out)]
 
@@ -237,7 +254,7 @@ def main(args: argparse.Namespace) -> int:
     work.chmod(0o711)
     try:
         tar = busybox_rootfs_tar(work / "busybox.tar")
-        with netns() as ns, start_berthd(ns, work) as sock:
+        with run_tmpfs(work / "run"), netns() as ns, start_berthd(ns, work) as sock:
             host = f"unix://{sock}"
             # -S: no site module. This checkout is an editable install whose import
             # hook (pulled in by site) costs more than the whole CLI; an installed berth

@@ -43,6 +43,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.api_start import run_tmpfs
 from runtime import cgroups
 from runtime.container.manager import ContainerManager, EngineConfig
 from runtime.container.spec import CreateRequest
@@ -127,7 +128,8 @@ class BerthSide:
                  request: dict[str, Any]) -> None:
         self.label = label
         self.request = request
-        self.exec_root = Path(tempfile.mkdtemp(prefix="berth-bench-run-"))
+        # Run state on tmpfs, as deployed (/run): bench.api_start.run_tmpfs, for every side.
+        self.exec_root = Path(tempfile.mkdtemp(prefix="berth-bench-run-", dir=tmp / "run"))
         self.exec_root.chmod(0o711)
         self.cg_root = cgroups.default_root().with_name(f"berth-bench-{uuid.uuid4().hex[:8]}")
         self.m = ContainerManager(EngineConfig(root=tmp / f"engine-{uuid.uuid4().hex[:6]}",
@@ -176,7 +178,7 @@ class CrunSide:
         cfg["process"]["args"] = ["sleep", "1000000"]
         cfg["linux"]["namespaces"].append({"type": "cgroup"})
         (self.bundle / "config.json").write_text(json.dumps(cfg))
-        self.state = tmp / "crun-state"
+        self.state = tmp / "run" / "crun-state"
         self.empty = tmp / "empty"
         self.empty.touch()
         self.prefix = f"b{uuid.uuid4().hex[:6]}"
@@ -295,7 +297,7 @@ class PodmanSide:
         conf, storage = tmp / "containers.conf", tmp / "storage.conf"
         conf.write_text(PODMAN_CONF)
         storage.write_text(f'[storage]\ndriver="overlay"\ngraphroot="{tmp}/pm-graph"\n'
-                           f'runroot="{tmp}/pm-run"\n')
+                           f'runroot="{tmp}/run/pm-run"\n')
         self.env = {"CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
         run(["podman", "import", str(rootfs_tar), "bb:density"], env=self.env)
 
@@ -334,9 +336,10 @@ def main(args: argparse.Namespace) -> int:
         sys.setns(target, Namespace.NET)
         print(f"starting {n} idle containers per side, sides alternating in {ROUNDS} rounds",
               flush=True)
-        sides, rss_per, removed = asyncio.run(berth_and_peers(
-            tmp, n, images, tar, with_crun=not args.no_crun, bare=not args.no_bare,
-            podman=args.podman))
+        with run_tmpfs(tmp / "run"):
+            sides, rss_per, removed = asyncio.run(berth_and_peers(
+                tmp, n, images, tar, with_crun=not args.no_crun, bare=not args.no_bare,
+                podman=args.podman))
         p = sides.pop("podman", None)
     finally:
         sys.setns(own, Namespace.NET)

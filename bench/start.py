@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.api_start import run_tmpfs
 from runtime import cgroups
 from runtime.container.manager import ContainerManager, EngineConfig
 from runtime.container.spec import CreateRequest
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def berth_samples(tmp: Path, images: ImageStore, n: int) -> list[float]:
-    exec_root = Path(tempfile.mkdtemp(prefix="berth-bench-run-"))
+    exec_root = Path(tempfile.mkdtemp(prefix="berth-bench-run-", dir=tmp / "run"))
     exec_root.chmod(0o711)
     cg_root = cgroups.default_root().with_name(f"berth-bench-{uuid.uuid4().hex[:8]}")
     m = ContainerManager(EngineConfig(root=tmp / "data", exec_root=exec_root,
@@ -81,7 +82,7 @@ def crun_samples(tmp: Path, tar: Path, n: int) -> list[float]:
     empty.touch()
     script = (f"mount --bind {empty} /sys/fs/cgroup/unified/cgroup.controllers && "
               f"for i in $(seq 1 {n + 3}); do s=$(date +%s%N); "
-              f"crun --root {tmp}/state run --bundle {bundle} c$i </dev/null >/dev/null 2>&1; "
+              f"crun --root {tmp}/run/state run --bundle {bundle} c$i </dev/null >/dev/null 2>&1; "
               f"e=$(date +%s%N); echo $((e - s)); done")
     lines = run(["unshare", "-m", "sh", "-c", script]).stdout.split()
     return [int(x) / 1e9 for x in lines[3:]]
@@ -103,9 +104,10 @@ def main(args: argparse.Namespace) -> int:
         with tar.open("rb") as f:
             import_rootfs(images, f, tag=IMAGE)
         sys.setns(target, Namespace.NET)
-        b = asyncio.run(berth_samples(tmp, images, n))
-        set_child_subreaper(False)
-        c = crun_samples(tmp, tar, n)
+        with run_tmpfs(tmp / "run"):   # run state on tmpfs for both, as deployed (/run)
+            b = asyncio.run(berth_samples(tmp, images, n))
+            set_child_subreaper(False)
+            c = crun_samples(tmp, tar, n)
     finally:
         sys.setns(own, Namespace.NET)
         run(["ip", "netns", "delete", netns], check=False)

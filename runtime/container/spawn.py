@@ -4,9 +4,9 @@ The parent's half of the handshake with init.py:
 
     clone3(NEWUSER|NEWPID|NEWUTS|NEWIPC[|NEWNET], INTO_CGROUP, PIDFD)   child: waits "go"
       (by the spawner process with CLONE_PARENT, or by berthd itself: the Cloner)
-    parent: uid_map/gid_map, host mounts (idmapped layers,
-            overlay), [network setup by the caller, between begin and finish]
-    parent: "go"                     child: unshare(NEWNS|NEWCGROUP), "copied"
+    cloner: uid_map/gid_map, host mounts (idmapped layers, overlay), "go"
+            (held for berthd when it wires a bridged network between begin and finish)
+                                     child: unshare(NEWNS|NEWCGROUP), "copied"
     parent: detach host mounts       child: rootfs, pivot_root, caps, seccomp, exec
     parent: error pipe EOF = exec done; a line = the failure, raised as StartError
 """
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from runtime import rootfs
 from runtime.cgroups import Cgroup
+from runtime.container import spawner
 from runtime.container.errors import StartError
 from runtime.container.init import ChildFds, ChildPlan
-from runtime.container.spawner import Cloner, InProcessCloner
 from runtime.sys import Namespace, Sys
 
 START_TIMEOUT = 10.0
@@ -60,12 +60,6 @@ def proc_start_time(pid: int) -> int:
     return int(raw[raw.rindex(b")") + 2:].split()[19])
 
 
-def write_id_maps(pid: int, idmap: IdMap) -> None:
-    for name in ("uid_map", "gid_map"):
-        with open(f"/proc/{pid}/{name}", "w") as f:
-            f.write(idmap.line())
-
-
 def _read_all(fd: int, timeout: float, what: str) -> bytes:
     out = b""
     poller = select.poll()  # not select(): a daemon with 1,000 containers has fds > 1024
@@ -96,7 +90,8 @@ class Launch:
     def __init__(self, plan: ChildPlan, spec: rootfs.RootfsSpec | None, stdio: Stdio | None,
                  cgroup: Cgroup | None, idmap: IdMap | None, namespaces: Namespace,
                  sys: Sys, join: tuple[tuple[int, Namespace], ...] = (),
-                 pid_ns_fd: int = -1, cloner: Cloner | None = None) -> None:
+                 pid_ns_fd: int = -1, cloner: spawner.Cloner | None = None,
+                 hold: bool = False) -> None:
         self.plan = plan
         self.spec = spec
         self.stdio = stdio
@@ -106,7 +101,11 @@ class Launch:
         self.sys = sys
         self.join = join
         self.pid_ns_fd = pid_ns_fd
-        self.cloner: Cloner = cloner or InProcessCloner(sys)
+        self.cloner: spawner.Cloner = cloner or spawner.InProcessCloner(sys)
+        # hold: the caller has work between begin() and finish() (a bridged network);
+        # otherwise the cloner releases the child ("go") as soon as its setup is done.
+        self.hold = hold
+        self._released = False
         self.pid = 0
         self.pidfd = -1
         self.pty_master = -1     # -t: the master of the pty the child opened (after finish)
@@ -114,7 +113,8 @@ class Launch:
         self._go_w = self._copied_r = self._err_r = self._console = -1
 
     def begin(self) -> int:
-        """Clone the child and do the parent's part up to "go"; returns the pid."""
+        """Clone the child, have the cloner do the parent's part (id maps, host mounts)
+        and, unless held, "go"; returns the pid."""
         go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
         if self.spec is not None:
             self._copied_r, copied_w = os.pipe2(os.O_CLOEXEC)
@@ -128,42 +128,40 @@ class Launch:
         stdio = self.stdio or Stdio(-1, -1, -1)
         fds = ChildFds(stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr, go=go_r,
                        copied=copied_w, error=err_w, join=self.join, console=console_w)
+        setup = spawner.ParentSetup(
+            id_map=self.idmap.line() if self.idmap is not None and self.namespaces
+            & Namespace.USER else "",
+            host_steps=tuple(rootfs.host_plan(self.spec)) if self.spec is not None else (),
+            release=-1 if self.hold else self._go_w)
+        self._mounted = self.spec is not None   # abort() undoes what may be mounted
+        self._released = not self.hold
         try:
-            pid, self.pidfd = self._clone(fds)
+            pid, self.pidfd = self._clone(fds, setup)
         except OSError as e:
             for fd in (go_r, copied_w, err_w, console_w):
                 if fd >= 0:
                     os.close(fd)
+            if isinstance(e, spawner.SetupFailed):
+                self.pid, self.pidfd = e.pid, e.pidfd
+                self.abort()
+                raise StartError(f"{e.strerror or e}") from e
+            self._mounted = False
             self._close_parent_ends()
             raise StartError(f"clone: {e.strerror}") from e
         self.pid = pid
         for fd in (go_r, copied_w, err_w, console_w):
             if fd >= 0:
                 os.close(fd)
-        try:
-            if self.idmap is not None and self.namespaces & Namespace.USER:
-                write_id_maps(pid, self.idmap)
-            if self.spec is not None:
-                userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    self._mounted = True
-                    rootfs.apply(rootfs.host_plan(self.spec), self.sys, userns_fd)
-                finally:
-                    os.close(userns_fd)
-        except BaseException as e:
-            self.abort()
-            if isinstance(e, OSError):
-                raise StartError(f"{e.strerror or e}") from e
-            raise
         return pid
 
-    def _clone(self, fds: ChildFds) -> tuple[int, int]:
+    def _clone(self, fds: ChildFds, setup: spawner.ParentSetup) -> tuple[int, int]:
         """(pid, pidfd) of the child, born in its cgroup if any."""
         cg_fd = -1
         try:
             if self.cgroup is not None:
                 cg_fd = os.open(self.cgroup.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            return self.cloner.clone(self.plan, fds, self.namespaces, cg_fd, self.pid_ns_fd)
+            return self.cloner.clone(self.plan, fds, self.namespaces, cg_fd, self.pid_ns_fd,
+                                     setup)
         finally:
             if cg_fd >= 0:
                 os.close(cg_fd)
@@ -171,7 +169,9 @@ class Launch:
     def finish(self) -> int:
         """Release the child; return its pidfd once it has exec'd, or raise StartError."""
         try:
-            os.write(self._go_w, b"g")
+            if not self._released:
+                os.write(self._go_w, b"g")
+                self._released = True
             if self._copied_r >= 0:
                 _read_all(self._copied_r, START_TIMEOUT, "unshare")
                 self._detach()

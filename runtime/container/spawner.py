@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from runtime import rootfs
 from runtime.container.init import ChildFds, ChildPlan, child_main
 from runtime.sys import Namespace, Sys
 from runtime.sys import libc as libc_mod
@@ -48,14 +49,52 @@ _LEN = struct.Struct("!Q")
 _MAX_FDS = 64
 
 
+@dataclass(frozen=True)
+class ParentSetup:
+    """The parent's part of a start, done by whoever clones, right after the clone
+    (no round trip back to berthd in between): the id maps, the host mounts
+    (idmapped through the child's user namespace), then "go"."""
+
+    id_map: str = ""                           # uid_map/gid_map line; "" for none
+    host_steps: tuple[rootfs.Step, ...] = ()   # rootfs.host_plan, in the host mount ns
+    release: int = -1   # write "g" here when done; -1: berthd releases the child itself
+                        # later (a bridged network is wired in between)
+
+
+class SetupFailed(OSError):
+    """The child exists but its setup failed: the caller must abort (kill, reap, detach)."""
+
+    def __init__(self, pid: int, pidfd: int, errno: int, message: str) -> None:
+        super().__init__(errno, message)
+        self.pid = pid
+        self.pidfd = pidfd
+
+
 class Cloner(Protocol):
     """Creates a container's first process (or an exec's) running `child_main`."""
 
     def clone(self, plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
-              pid_ns_fd: int) -> tuple[int, int]:
+              pid_ns_fd: int, setup: ParentSetup) -> tuple[int, int]:
         """(pid, pidfd) of a new child of this process, born in `namespaces` (and in
-        the cgroup of cgroup_fd, and in the pid namespace of pid_ns_fd, when >= 0)."""
+        the cgroup of cgroup_fd, and in the pid namespace of pid_ns_fd, when >= 0),
+        with `setup` done. Raises SetupFailed if the child exists but setup failed."""
         ...
+
+
+def prepare(pid: int, setup: ParentSetup, sys: Sys) -> None:
+    """The parent's part between clone and "go" (spawn.py's handshake)."""
+    if setup.id_map:
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(setup.id_map)
+    if setup.host_steps:
+        userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            rootfs.apply(setup.host_steps, sys, userns_fd)
+        finally:
+            os.close(userns_fd)
+    if setup.release >= 0:
+        os.write(setup.release, b"g")
 
 
 class InProcessCloner:
@@ -67,7 +106,7 @@ class InProcessCloner:
         self.parent = parent   # CLONE_PARENT: the child is our parent's child
 
     def clone(self, plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
-              pid_ns_fd: int) -> tuple[int, int]:
+              pid_ns_fd: int, setup: ParentSetup) -> tuple[int, int]:
         own = -1
         try:
             if pid_ns_fd >= 0:
@@ -82,6 +121,10 @@ class InProcessCloner:
             if own >= 0:
                 self.sys.setns(own, Namespace.PID)
                 os.close(own)
+        try:
+            prepare(pid, setup, self.sys)
+        except OSError as e:
+            raise SetupFailed(pid, pidfd, e.errno or 0, f"{e.strerror or e}") from e
         return pid, pidfd
 
 
@@ -92,6 +135,7 @@ class SpawnRequest:
     namespaces: int
     cgroup: int          # index, or -1
     pid_ns: int          # index, or -1
+    setup: ParentSetup   # its release fd an index too
     # The seccomp BPF (~8 KiB) goes once per profile: later requests name it by digest.
     seccomp_key: bytes = b""
 
@@ -100,7 +144,7 @@ _FD_FIELDS = ("stdin", "stdout", "stderr", "go", "copied", "error", "console")
 
 
 def _pack(plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
-          pid_ns_fd: int, known_bpf: set[bytes]) -> tuple[bytes, list[int]]:
+          pid_ns_fd: int, setup: ParentSetup, known_bpf: set[bytes]) -> tuple[bytes, list[int]]:
     """The request and its fds; known_bpf: digests of the BPF programs the spawner has."""
     sent: list[int] = []
     key = b""
@@ -120,17 +164,19 @@ def _pack(plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
     fields = {name: index(getattr(fds, name)) for name in _FD_FIELDS}
     join = tuple((index(fd), ns) for fd, ns in fds.join)
     req = SpawnRequest(plan, dataclasses.replace(fds, join=join, **fields), int(namespaces),
-                       index(cgroup_fd), index(pid_ns_fd), key)
+                       index(cgroup_fd), index(pid_ns_fd),
+                       dataclasses.replace(setup, release=index(setup.release)), key)
     return pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL), sent
 
 
-def _unpack(req: SpawnRequest, got: list[int]) -> tuple[ChildFds, int, int]:
+def _unpack(req: SpawnRequest, got: list[int]) -> tuple[ChildFds, int, int, ParentSetup]:
     def fd(i: int) -> int:
         return got[i] if i >= 0 else -1
 
     fields = {name: fd(getattr(req.fds, name)) for name in _FD_FIELDS}
     join = tuple((fd(i), ns) for i, ns in req.fds.join)
-    return dataclasses.replace(req.fds, join=join, **fields), fd(req.cgroup), fd(req.pid_ns)
+    return (dataclasses.replace(req.fds, join=join, **fields), fd(req.cgroup), fd(req.pid_ns),
+            dataclasses.replace(req.setup, release=fd(req.setup.release)))
 
 
 def _send(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
@@ -180,9 +226,10 @@ class SpawnerClient:
         self._known_bpf: set[bytes] = set()
 
     def clone(self, plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
-              pid_ns_fd: int) -> tuple[int, int]:
+              pid_ns_fd: int, setup: ParentSetup) -> tuple[int, int]:
         with self._lock:
-            payload, sent = _pack(plan, fds, namespaces, cgroup_fd, pid_ns_fd, self._known_bpf)
+            payload, sent = _pack(plan, fds, namespaces, cgroup_fd, pid_ns_fd, setup,
+                                  self._known_bpf)
             try:
                 _send(self.sock, payload, sent)
                 got = _recv(self.sock)
@@ -193,13 +240,15 @@ class SpawnerClient:
                                f"({self.proc.poll()})")
         body, pidfds = got
         answer = pickle.loads(body)
-        if answer[0] == "ok":
-            if len(pidfds) != 1:
-                raise SpawnerError("spawner: no pidfd with the answer")
-            return int(answer[1]), pidfds[0]
-        for fd in pidfds:
-            os.close(fd)
-        raise OSError(int(answer[1]), str(answer[2]))
+        if answer[0] == "error":
+            for fd in pidfds:
+                os.close(fd)
+            raise OSError(int(answer[1]), str(answer[2]))
+        if len(pidfds) != 1:
+            raise SpawnerError("spawner: no pidfd with the answer")
+        if answer[0] == "setup-failed":
+            raise SetupFailed(int(answer[3]), pidfds[0], int(answer[1]), str(answer[2]))
+        return int(answer[1]), pidfds[0]
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -248,10 +297,13 @@ def serve(sock: socket.socket, sys: Sys) -> None:
                     bpf[req.seccomp_key] = plan.seccomp_bpf
                 else:
                     plan = dataclasses.replace(plan, seccomp_bpf=bpf[req.seccomp_key])
-            child_fds, cgroup_fd, pid_ns_fd = _unpack(req, fds)
+            child_fds, cgroup_fd, pid_ns_fd, setup = _unpack(req, fds)
             pid, pidfd = cloner.clone(plan, child_fds, Namespace(req.namespaces),
-                                      cgroup_fd, pid_ns_fd)
+                                      cgroup_fd, pid_ns_fd, setup)
             answer: tuple[object, ...] = ("ok", pid)
+        except SetupFailed as e:
+            pidfd = e.pidfd   # berthd kills and reaps it (its child), and undoes mounts
+            answer = ("setup-failed", e.errno or 0, e.strerror or str(e), e.pid)
         except OSError as e:
             answer = ("error", e.errno or 0, str(e))
         except Exception as e:  # a bad request must not end the spawner

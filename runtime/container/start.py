@@ -176,7 +176,8 @@ async def start(mgr: ContainerManager, c: Container) -> None:
         # provider's state belongs to the first attempt).
         attempts = 1 if bridged else 2
         for attempt in range(1, attempts + 1):
-            launch = Launch(plan, rspec, stdio, cg, idmap, ns, mgr.sys, cloner=mgr.spawner())
+            launch = Launch(plan, rspec, stdio, cg, idmap, ns, mgr.sys, cloner=mgr.spawner(),
+                            hold=bridged)
             pid = launch.begin()
             try:
                 if bridged:

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from runtime.container.errors import StartError
 from runtime.container.manager import ContainerManager
 from runtime.container.spawner import SpawnerClient
-from runtime.container.spec import CreateRequest, ExecRequest
+from runtime.container.spec import CreateRequest, ExecRequest, VolumeRequest
+from runtime.container.state import Status
 from tests.privileged.conftest import NetNS
 from tests.privileged.engine_env import IMAGE, EngineEnv, engine_env, leaks, output, run_engine
 
@@ -98,3 +100,26 @@ def test_in_process_clone_still_works_without_the_spawner(env: EngineEnv) -> Non
         assert await output(m, rec.id) == "1\n"
 
     run_engine(env, scenario, spawner=False)
+
+
+def test_a_host_mount_failing_in_the_spawner_fails_the_start_and_leaves_nothing(
+        env: EngineEnv, tmp_path: Path) -> None:
+    src = tmp_path / "gone"
+    src.mkdir()
+
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(image=IMAGE, cmd=("ls", "/data"),
+                                           volumes=(VolumeRequest(str(src), "/data"),)))
+        src.rmdir()   # the spawner's idmapped bind of it fails after the clone
+        with pytest.raises(StartError, match="gone"):
+            await m.start(rec.id)
+        assert m.inspect(rec.id).state.status is Status.CREATED
+        assert leaks(env) == []
+        src.mkdir()
+        (src / "here").touch()
+        await m.start(rec.id)
+        assert (await m.wait(rec.id)).status_code == 0
+        assert await output(m, rec.id) == "here\n"
+
+    run_engine(env, scenario)
+    assert leaks(env) == []

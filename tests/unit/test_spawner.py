@@ -7,7 +7,7 @@ import pickle
 import socket
 
 from runtime.container.init import ChildFds, ChildPlan
-from runtime.container.spawner import _pack, _recv, _send, _unpack
+from runtime.container.spawner import ParentSetup, _pack, _recv, _send, _unpack
 from runtime.sys import Namespace
 
 
@@ -22,7 +22,8 @@ def test_request_fds_arrive_as_new_fds_in_the_same_roles_and_close_on_exec() -> 
     fds = ChildFds(stdin=pipes[0][0], stdout=pipes[1][1], stderr=pipes[1][1], go=pipes[2][0],
                    copied=-1, error=pipes[3][1], join=((pipes[2][1], Namespace.USER),))
     known: set[bytes] = set()
-    payload, sent = _pack(plan(b"\x06" * 8), fds, Namespace.PID, -1, pipes[0][1], known)
+    setup = ParentSetup(id_map="0 100000 65536\n", release=pipes[3][0])
+    payload, sent = _pack(plan(b"\x06" * 8), fds, Namespace.PID, -1, pipes[0][1], setup, known)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         _send(a, payload, sent)
@@ -30,7 +31,7 @@ def test_request_fds_arrive_as_new_fds_in_the_same_roles_and_close_on_exec() -> 
         assert got is not None
         body, received = got
         req = pickle.loads(body)
-        child_fds, cgroup_fd, pid_ns_fd = _unpack(req, received)
+        child_fds, cgroup_fd, pid_ns_fd, got_setup = _unpack(req, received)
         assert cgroup_fd == -1 and child_fds.copied == -1
         # Each role got a received fd that is the same pipe end as the one sent.
         for field in ("stdin", "stdout", "stderr", "go", "error"):
@@ -38,6 +39,8 @@ def test_request_fds_arrive_as_new_fds_in_the_same_roles_and_close_on_exec() -> 
             assert theirs != mine and os.fstat(theirs).st_ino == os.fstat(mine).st_ino
         assert os.fstat(pid_ns_fd).st_ino == os.fstat(pipes[0][1]).st_ino
         assert child_fds.join[0][1] is Namespace.USER
+        assert got_setup.id_map == setup.id_map
+        assert os.fstat(got_setup.release).st_ino == os.fstat(pipes[3][0]).st_ino
         # The error pipe must close at the container's exec: that EOF means "it ran".
         assert not any(os.get_inheritable(fd) for fd in received)
         assert req.plan.seccomp_bpf == b"\x06" * 8
@@ -54,9 +57,12 @@ def test_request_fds_arrive_as_new_fds_in_the_same_roles_and_close_on_exec() -> 
 def test_the_seccomp_program_is_sent_once_then_named_by_digest() -> None:
     fds = ChildFds(stdin=-1, stdout=-1, stderr=-1, go=-1, copied=-1, error=-1)
     known: set[bytes] = set()
-    first = pickle.loads(_pack(plan(b"\x06" * 4000), fds, Namespace.NONE, -1, -1, known)[0])
-    second = pickle.loads(_pack(plan(b"\x06" * 4000), fds, Namespace.NONE, -1, -1, known)[0])
-    other = pickle.loads(_pack(plan(b"\x07" * 4000), fds, Namespace.NONE, -1, -1, known)[0])
+    first = pickle.loads(_pack(plan(b"\x06" * 4000), fds, Namespace.NONE, -1, -1, ParentSetup(),
+                                 known)[0])
+    second = pickle.loads(_pack(plan(b"\x06" * 4000), fds, Namespace.NONE, -1, -1, ParentSetup(),
+                                 known)[0])
+    other = pickle.loads(_pack(plan(b"\x07" * 4000), fds, Namespace.NONE, -1, -1, ParentSetup(),
+                                 known)[0])
     assert first.plan.seccomp_bpf == b"\x06" * 4000
     assert second.plan.seccomp_bpf is None and second.seccomp_key == first.seccomp_key
     assert other.plan.seccomp_bpf == b"\x07" * 4000 and other.seccomp_key != first.seccomp_key
