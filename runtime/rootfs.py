@@ -45,6 +45,13 @@ class VolumeKind(StrEnum):
     BIND = "bind"
     VOLUME = "volume"
     TMPFS = "tmpfs"
+    # A file the engine wrote for this container alone (/etc/hosts, /etc/hostname,
+    # /etc/resolv.conf), already owned by its mapped root: the child binds it straight
+    # from the host path, with no idmapped staging mount (3 fewer mounts per start).
+    FILE = "file"
+
+
+_UNSTAGED = (VolumeKind.TMPFS, VolumeKind.FILE)
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,7 @@ def host_plan(spec: RootfsSpec) -> list[Step]:
         else:
             lowers.append(layer)
     for i, vol in enumerate(_sorted_volumes(spec.volumes)):
-        if vol.kind is VolumeKind.TMPFS:
+        if vol.kind in _UNSTAGED:
             continue
         target = staged_volume(spec, i)
         steps.append(MountPoint(vol.source, target))
@@ -192,7 +199,7 @@ def host_teardown(spec: RootfsSpec) -> list[str]:
     """Mount points the daemon detaches (rootfs first), missing ones are skipped."""
     targets = [spec.rootfs]
     targets += [staged_volume(spec, i) for i, v in enumerate(_sorted_volumes(spec.volumes))
-                if v.kind is not VolumeKind.TMPFS]
+                if v.kind not in _UNSTAGED]
     if spec.idmap:
         targets += [staged_layer(spec, i) for i in range(len(spec.layers))]
     return targets
@@ -243,7 +250,7 @@ def container_plan(spec: RootfsSpec) -> list[Step]:
                             _NOSUID_NODEV_NOEXEC | (MountFlag.RDONLY if vol.read_only
                                                     else MountFlag.NONE), "mode=1777")]
             continue
-        staged = staged_volume(spec, i)
+        staged = vol.source if vol.kind is VolumeKind.FILE else staged_volume(spec, i)
         steps += [MountPoint(staged, target),
                   Mount(staged, target, None, MountFlag.BIND | MountFlag.REC)]
         if vol.read_only:

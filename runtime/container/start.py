@@ -65,9 +65,11 @@ def own_etc_files(mgr: ContainerManager, c: Container) -> tuple[rootfs.Volume, .
     if network_files(mgr, c):
         return ()
     taken = {v.destination for v in c.record.volumes}
-    d = mgr.data_dir(c.id)
-    return tuple(rootfs.Volume(str(d / name), f"/etc/{name}") for name in ETC_FILES
-                 if f"/etc/{name}" not in taken)
+    # In the run dir (tmpfs under /run), not the data dir: they are written afresh at
+    # every start, so they are run state; creating three files on a disk costs ~2 ms.
+    d = mgr.run_dir(c.id)
+    return tuple(rootfs.Volume(str(d / name), f"/etc/{name}", kind=rootfs.VolumeKind.FILE)
+                 for name in ETC_FILES if f"/etc/{name}" not in taken)
 
 
 def write_etc_files(mgr: ContainerManager, c: Container) -> None:
@@ -79,9 +81,15 @@ def write_etc_files(mgr: ContainerManager, c: Container) -> None:
         "hosts": host_files["hosts"] if spec.network_mode == "host" else LOCALHOST_HOSTS,
         "resolv.conf": host_files["resolv.conf"],
     }
+    owner = c.record.uid_base   # the container's root (0 without a user namespace)
     for vol in own_etc_files(mgr, c):
-        with open(vol.source, "w") as f:
-            f.write(content[os.path.basename(vol.source)])
+        fd = os.open(vol.source, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, content[os.path.basename(vol.source)].encode())
+            if owner:
+                os.fchown(fd, owner, owner)
+        finally:
+            os.close(fd)
 
 
 def _read_host(path: str) -> str:

@@ -123,3 +123,19 @@ def test_a_host_mount_failing_in_the_spawner_fails_the_start_and_leaves_nothing(
 
     run_engine(env, scenario)
     assert leaks(env) == []
+
+
+def test_etc_files_are_the_containers_own_root_owned_and_writable(env: EngineEnv) -> None:
+    async def scenario(m: ContainerManager) -> None:
+        script = ("stat -c '%u:%g %a %n' /etc/hosts /etc/hostname /etc/resolv.conf && "
+                  "echo 10.0.0.9 extra >> /etc/hosts && tail -n1 /etc/hosts && hostname")
+        rec = await m.create(CreateRequest(image=IMAGE, cmd=("sh", "-c", script),
+                                           hostname="box7"))
+        await m.start(rec.id)
+        assert (await m.wait(rec.id)).status_code == 0
+        assert (await output(m, rec.id)).splitlines() == [
+            "0:0 644 /etc/hosts", "0:0 644 /etc/hostname", "0:0 644 /etc/resolv.conf",
+            "10.0.0.9 extra", "box7"]
+
+    run_engine(env, scenario)
+    assert leaks(env) == []

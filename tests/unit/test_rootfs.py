@@ -132,3 +132,16 @@ def test_host_network_binds_the_hosts_sys_read_only() -> None:
     plan = container_plan(spec(new_netns=False))
     assert Mount("/sys", "/run/c/rootfs/sys", None, MountFlag.BIND | MountFlag.REC) in plan
     assert RemountReadOnly("/run/c/rootfs/sys") in plan
+
+
+def test_engine_files_are_bound_straight_from_the_host_not_staged() -> None:
+    s = spec(volumes=(Volume("/data", "/data"),
+                      Volume("/run/c/hosts", "/etc/hosts", kind=VolumeKind.FILE)))
+    host = host_plan(s)
+    # Only the bind volume is staged (idmapped); the engine's file is not touched here.
+    assert not any("/run/c/hosts" in str(step) for step in host)
+    assert "/run/c/hosts" not in " ".join(host_teardown(s))
+    binds = [m for m in container_plan(s) if isinstance(m, Mount)
+             and m.target == "/run/c/rootfs/etc/hosts"]
+    assert binds == [Mount("/run/c/hosts", "/run/c/rootfs/etc/hosts", None,
+                           MountFlag.BIND | MountFlag.REC)]
