@@ -212,15 +212,25 @@ def _range_body(key: str, prefix: bool) -> dict[str, Any]:
     return body
 
 
+# The gRPC method each gateway path becomes (what etcd's own counters name).
+GATEWAY_METHODS = {
+    "kv/range": "Range", "kv/put": "Put", "kv/deleterange": "DeleteRange", "kv/txn": "Txn",
+    "lease/grant": "LeaseGrant", "lease/keepalive": "LeaseKeepAlive",
+    "lease/revoke": "LeaseRevoke",
+}
+
+
 class EtcdClient:
     """Async etcd v3 client on one endpoint (http://host:port), on aiohttp.
 
-    Use as `async with EtcdClient(url) as etcd:`; `ops` counts requests sent.
+    Use as `async with EtcdClient(url) as etcd:`; `ops` counts requests sent,
+    `calls` the same by etcd method (Range, Txn, ...).
     """
 
     def __init__(self, endpoint: str, *, timeout: float = 10.0) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.ops = 0
+        self.calls: Counter[str] = Counter()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -242,6 +252,7 @@ class EtcdClient:
         if self._session is None:
             raise RuntimeError("EtcdClient used outside `async with`")
         self.ops += 1
+        self.calls[GATEWAY_METHODS.get(path, path)] += 1
         url = f"{self.endpoint}/v3/{path}"
         try:
             async with self._session.post(url, json=body) as resp:

@@ -137,7 +137,7 @@ class EtcdLoad:
     hosts: int  # the fleet's size
     agents: int  # sent by the hosts' update agents (reports, rollout gate, halt)
     fleetlock: int  # sent by the FleetLock server (reboot slots)
-    methods: Counter[str]  # all of it, by etcd method
+    methods: Counter[str]  # agents' and FleetLock's, by etcd method
 
     @property
     def per_host(self) -> float:
@@ -156,7 +156,7 @@ class FleetRun:
     release_version: str
     started: float = field(default_factory=time.monotonic)
     history: list[FleetStatus] = field(default_factory=list)  # every status watch() saw
-    own_ops: int = 0  # requests the simulator itself sent to etcd (status, audit)
+    own_calls: Counter[str] = field(default_factory=Counter)  # the simulator's own reads
     _served: Counter[str] = field(default_factory=Counter)  # etcd's counters at publish
     _lock_ops: int = 0  # the FleetLock server's count at publish
 
@@ -166,7 +166,7 @@ class FleetRun:
                 try:
                     return await what(etcd)
                 finally:
-                    self.own_ops += etcd.ops
+                    self.own_calls.update(etcd.calls)
         return asyncio.run(go())
 
     def status(self) -> FleetStatus:
@@ -181,15 +181,15 @@ class FleetRun:
         """Start counting etcd requests: what follows is the rollout's cost."""
         self._served = served_requests(self.etcd.endpoint)
         self._lock_ops = _fleetlock_ops(self.lock)
-        self.own_ops = 0
+        self.own_calls.clear()
         self.started = time.monotonic()
 
     def etcd_load(self) -> EtcdLoad:
         served = served_requests(self.etcd.endpoint)
         served.subtract(self._served)
+        served.subtract(self.own_calls)
         lock = _fleetlock_ops(self.lock) - self._lock_ops
-        agents = sum(served.values()) - lock - self.own_ops
-        return EtcdLoad(len(self.hosts), agents, lock, +served)
+        return EtcdLoad(len(self.hosts), sum(served.values()) - lock, lock, +served)
 
 
 def _fleetlock_ops(lock: FleetLockServer) -> int:
