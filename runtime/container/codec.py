@@ -12,9 +12,21 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+_SCALARS = (str, int, float, bool, type(None))
+# Field names of each dataclass type met: dataclasses.fields() and is_dataclass() cost
+# more than the conversion itself (a record is saved at each state change).
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def to_jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, _SCALARS):
+        return obj.value if isinstance(obj, enum.Enum) else obj
+    cls = type(obj)
+    names = _FIELDS.get(cls)
+    if names is None and dataclasses.is_dataclass(cls):
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    if names is not None:
+        return {name: to_jsonable(getattr(obj, name)) for name in names}
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, Mapping):

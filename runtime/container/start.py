@@ -304,6 +304,7 @@ def detach_watchers(c: Container) -> None:
         c.pidfd = -1
     for pump in c.pumps:
         pump.on_eof = None
+        pump.grow()
         pump.close()
     c.pumps = []
 
