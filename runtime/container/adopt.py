@@ -120,6 +120,6 @@ def _readopt(mgr: ContainerManager, c: Container) -> None:
                 fds.append(os.open(run / stream, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
             except FileNotFoundError:
                 break
-        c.pumps = start_mod.output_pumps(c, fds)
+        c.pumps = start_mod.output_pumps(c, fds, readopted=True)
     watch_exit(c.pidfd, lambda: start_mod.on_exit(mgr, c))
     log.info("container %s: re-adopted (pid %d)", c.id[:12], pid)

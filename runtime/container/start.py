@@ -230,14 +230,14 @@ async def start(mgr: ContainerManager, c: Container) -> None:
     mgr.publish(c, "start")
 
 
-def output_pumps(c: Container, fds: list[int]) -> list[LogPump]:
+def output_pumps(c: Container, fds: list[int], readopted: bool = False) -> list[LogPump]:
     """Pumps from the stdout (pty master) and stderr read ends into the log and to
     attached clients."""
     def pump(fd: int, stream: str) -> LogPump:
         def fan_out(data: bytes) -> None:
             for q in c.listeners:
                 q.put_nowait((stream, data))
-        return LogPump(fd, stream, c.log, on_data=fan_out)
+        return LogPump(fd, stream, c.log, on_data=fan_out, readopted=readopted)
     return [pump(fd, stream) for fd, stream in zip(fds, ("stdout", "stderr"), strict=False)]
 
 

@@ -100,7 +100,8 @@ class LogPump:
 
     def __init__(self, fd: int, stream: str, driver: LogDriver,
                  on_eof: Callable[[], None] | None = None,
-                 on_data: Callable[[bytes], None] | None = None) -> None:
+                 on_data: Callable[[bytes], None] | None = None,
+                 readopted: bool = False) -> None:
         self.fd = fd
         self.stream = stream
         self.driver = driver
@@ -108,10 +109,12 @@ class LogPump:
         self.on_data = on_data
         self._partial = b""
         self.closed = False
-        # A FIFO larger than a page here was grown by an earlier berthd before it
-        # stopped: shrink it back once a read finds it quiet.
+        # A re-adopted container's FIFO was grown by the berthd that stopped: shrink it
+        # back once a read drains it (only then: whoever writes a pipe berthd made
+        # itself may rely on its size).
         self.pipe_size = _pipe_size(fd)
-        self._inherited = self.pipe_size is not None and self.pipe_size > IDLE_PIPE_SIZE
+        self._inherited = (readopted and self.pipe_size is not None
+                           and self.pipe_size > IDLE_PIPE_SIZE)
         os.set_blocking(fd, False)
         asyncio.get_running_loop().add_reader(fd, self._ready)
 
