@@ -27,24 +27,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import pickle
 import signal
 import socket
 import struct
-import subprocess
 import sys as pysys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from runtime import rootfs
 from runtime.container.init import ChildFds, ChildPlan, child_main
 from runtime.sys import Namespace, Sys
 from runtime.sys import libc as libc_mod
 
+if TYPE_CHECKING:
+    import subprocess
+
+# The spawner process imports this module too: what only berthd's side needs
+# (hashlib, subprocess, threading: ~5 MiB of RSS) is imported where it is used.
 _LEN = struct.Struct("!Q")
 _MAX_FDS = 64
 
@@ -149,6 +151,8 @@ def _pack(plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
     sent: list[int] = []
     key = b""
     if plan.seccomp_bpf:
+        import hashlib
+
         key = hashlib.blake2b(plan.seccomp_bpf, digest_size=16).digest()
         if key in known_bpf:
             plan = dataclasses.replace(plan, seccomp_bpf=None)
@@ -220,6 +224,8 @@ class SpawnerClient:
     """berthd's side: a Cloner that asks the spawner process."""
 
     def __init__(self, sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+        import threading
+
         self.sock = sock
         self.proc = proc
         self._lock = threading.Lock()   # one request in flight: replies are not tagged
@@ -257,11 +263,19 @@ class SpawnerClient:
 @contextlib.contextmanager
 def start_spawner() -> Iterator[SpawnerClient]:
     """Run the spawner as our child for the duration; stop it (EOF, then wait)."""
+    import subprocess
+
+    import runtime
+
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # -S: no site module (its .pth hooks cost time and memory); the spawner needs only
+    # this package, put first on its path.
+    top = os.path.dirname(os.path.dirname(os.path.abspath(runtime.__file__)))
+    code = (f"import sys; sys.path.insert(0, {top!r}); "
+            "from runtime.container.spawner import main; sys.exit(main(sys.argv[1:]))")
     try:
         proc = subprocess.Popen(
-            [pysys.executable, "-m", "runtime.container.spawner", str(theirs.fileno()),
-             str(os.getpid())],
+            [pysys.executable, "-S", "-c", code, str(theirs.fileno()), str(os.getpid())],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True)
     except BaseException:
         ours.close()

@@ -57,7 +57,7 @@ def children_running(parent: int, module: str) -> list[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read().split(b"\0")
-            if module.encode() in cmdline and ppid(int(entry)) == parent:
+            if any(module.encode() in arg for arg in cmdline) and ppid(int(entry)) == parent:
                 found.append(int(entry))
         except OSError:
             continue   # ended meanwhile
