@@ -13,8 +13,10 @@ from aiohttp import web
 from runtime.api import container_views as views
 from runtime.api.backend import backend, streaming
 from runtime.api.errors import BadRequest
+from runtime.api.errors import Conflict as ApiConflict
 from runtime.api.filters import query_bool, query_int, request_filters
 from runtime.api.routes import RouteTable
+from runtime.container.errors import NotRunning
 from runtime.container.manager import ContainerManager
 from runtime.container.state import WaitCondition
 
@@ -82,7 +84,11 @@ async def stop(request: web.Request) -> web.StreamResponse:
 
 
 async def kill(request: web.Request) -> web.StreamResponse:
-    await manager(request).kill(ref(request), request.query.get("signal") or "SIGKILL")
+    try:
+        await manager(request).kill(ref(request), request.query.get("signal") or "SIGKILL")
+    except NotRunning as e:
+        # dockerd's words: "Cannot kill container: web: Container <id> is not running"
+        raise ApiConflict(f"Cannot kill container: {ref(request)}: {e}") from None
     return no_content()
 
 

@@ -28,7 +28,7 @@ from runtime.container import exec as exec_mod
 from runtime.container import kill as kill_mod
 from runtime.container import pause as pause_mod
 from runtime.container import start as start_mod
-from runtime.container.errors import Conflict, InvalidRequest, NoSuchContainer
+from runtime.container.errors import Conflict, InvalidRequest, NoSuchContainer, StartError
 from runtime.container.network import NetworkProvider
 from runtime.container.spawner import Cloner, InProcessCloner, SpawnerClient, start_spawner
 from runtime.container.spec import CreateRequest, ExecRequest, validate_name
@@ -293,8 +293,15 @@ class ContainerManager:
 
     async def start(self, ref: str) -> None:
         c = self.get(ref)
-        async with c.lock:
-            await start_mod.start(self, c)
+        try:
+            async with c.lock:
+                await start_mod.start(self, c)
+        except StartError:
+            # dockerd removes an --rm container whose start failed: `docker run --rm`
+            # waits for that removal before it exits.
+            if c.record.request.auto_remove:
+                await delete_mod.remove(self, c, force=True, volumes=True)
+            raise
 
     async def stop(self, ref: str, timeout: float | None = None) -> None:
         c = self.get(ref)

@@ -1,0 +1,164 @@
+"""The real docker CLI on the verbs test_docker_cli.py leaves out: create + start,
+kill, restart, rm -f, the state guards and their messages (dockerd's words),
+run --rm of a missing command, logs --since/--until/--tail/-t/-f on the
+json-file driver, attach to an -it container, restart policies, container prune,
+save/load and image inspect."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.privileged.berthd import berth_workdir, read_until, start_berthd
+from tests.privileged.conftest import NetNS
+from tests.privileged.images import busybox_rootfs_tar
+from tests.privileged.test_docker_cli import DOCKER, DockerCLI
+
+
+@pytest.fixture(name="docker")
+def docker_session(netns: NetNS) -> Iterator[DockerCLI]:
+    with berth_workdir() as work, start_berthd(netns, work) as d:
+        cli = DockerCLI(d)
+        cli("import", str(busybox_rootfs_tar(work / "rootfs.tar")), "busybox:latest")
+        yield cli
+
+
+def state(cli: DockerCLI, name: str) -> dict[str, object]:
+    out: dict[str, object] = json.loads(cli("inspect", name).stdout)[0]["State"]
+    return out
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not in time: {what}")
+
+
+def test_create_start_kill_restart_rm_and_the_state_guards(docker: DockerCLI) -> None:
+    cid = docker("create", "--name", "c1", "busybox", "sh", "-c",
+                 "echo hello; exec sleep 300").stdout.strip()
+    assert state(docker, "c1")["Status"] == "created"
+    refused = docker("exec", "c1", "true", check=False)
+    assert refused.returncode != 0 and f"Container {cid} is not running" in refused.stderr
+
+    assert docker("start", "c1").stdout == "c1\n"
+    assert docker("start", "c1").stdout == "c1\n"       # already running: not an error
+    assert f"Container {cid} is not paused" in docker("unpause", "c1", check=False).stderr
+    docker("pause", "c1")
+    assert f"Container {cid} is already paused" in docker("pause", "c1", check=False).stderr
+    docker("unpause", "c1")
+    busy = docker("rm", "c1", check=False)
+    assert busy.returncode != 0
+    assert f"You cannot remove a running container {cid}" in busy.stderr
+
+    first = state(docker, "c1")
+    assert docker("restart", "-t", "1", "c1").stdout == "c1\n"
+    again = state(docker, "c1")
+    assert again["Running"] is True and again["StartedAt"] != first["StartedAt"]
+    assert again["Pid"] != first["Pid"]
+
+    assert docker("kill", "c1").stdout == "c1\n"
+    assert docker("wait", "c1").stdout == "137\n"
+    dead = docker("kill", "c1", check=False)
+    assert dead.returncode != 0
+    assert f"Cannot kill container: c1: Container {cid} is not running" in dead.stderr
+    assert docker("stop", "c1").stdout == "c1\n"        # already stopped: not an error
+    docker("start", "c1")
+    wait_until(lambda: docker("logs", "c1").stdout == "hello\nhello\nhello\n",
+               "one hello per run")
+    assert docker("rm", "-f", "c1").stdout == "c1\n"
+    assert docker("ps", "-aq").stdout == ""
+
+
+def test_run_of_a_missing_command(docker: DockerCLI) -> None:
+    # With --rm dockerd removes the container whose start failed, and the CLI waits for
+    # that removal: it must not hang.
+    gone = docker("run", "--rm", "busybox", "nosuchcmd", check=False, timeout=30)
+    assert gone.returncode == 127
+    assert 'exec: "nosuchcmd": executable file not found in $PATH' in gone.stderr
+    assert docker("ps", "-aq").stdout == ""
+    kept = docker("run", "--name", "kept", "busybox", "nosuchcmd", check=False, timeout=30)
+    assert kept.returncode == 127
+    st = state(docker, "kept")
+    assert (st["Status"], st["ExitCode"]) == ("created", 127)
+    assert "executable file not found" in str(st["Error"])
+
+
+def test_logs_since_until_tail_timestamps_and_follow(docker: DockerCLI) -> None:
+    docker("run", "-d", "--name", "lg", "busybox", "sh", "-c",
+           "echo one; echo two >&2; sleep 2; echo three; echo four")
+    follow = subprocess.Popen([DOCKER, "-H", docker.daemon.host, "logs", "-f", "lg"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={"PATH": "/usr/bin:/bin",
+                                   "DOCKER_CONFIG": str(docker.daemon.data_root / "cli")})
+    wait_until(lambda: docker("logs", "lg").stdout == "one\n", "the first line")
+    time.sleep(0.5)
+    boundary = f"{time.time():.6f}"     # between "two" and "three"
+    assert docker("wait", "lg").stdout == "0\n"
+    out, err = follow.communicate(timeout=30)    # -f ends when the container does
+    assert (out, err) == ("one\nthree\nfour\n", "two\n")
+
+    tail = docker("logs", "--tail", "2", "lg")
+    assert (tail.stdout, tail.stderr) == ("three\nfour\n", "")
+    since = docker("logs", "--since", boundary, "lg")
+    assert (since.stdout, since.stderr) == ("three\nfour\n", "")
+    until = docker("logs", "--until", boundary, "lg")
+    assert (until.stdout, until.stderr) == ("one\n", "two\n")
+    assert docker("logs", "--since", "10m", "lg").stdout == "one\nthree\nfour\n"
+    stamped = docker("logs", "-t", "--tail", "1", "lg").stdout
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z four\n", stamped), stamped
+    assert docker("logs", "--tail", "0", "lg").stdout == ""
+
+
+def test_attach_to_an_interactive_container(docker: DockerCLI) -> None:
+    docker("run", "-dit", "--name", "shell", "busybox", "sh")
+    cmd = f"{DOCKER} -H {docker.daemon.host} attach shell"
+    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE,
+                            env={"PATH": "/usr/bin:/bin", "TERM": "dumb",
+                                 "DOCKER_CONFIG": str(docker.daemon.data_root / "cli")})
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        time.sleep(0.5)     # attached before typing: the first prompt was printed before
+        proc.stdin.write(b"echo $((6*7))\n")
+        proc.stdin.flush()
+        read_until(proc.stdout, b"42")
+        proc.stdin.write(b"exit 5\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 5
+    finally:
+        proc.kill()
+    assert docker("wait", "shell").stdout == "5\n"
+
+
+def test_restart_policy_prune_and_image_save_load(docker: DockerCLI,
+                                                  tmp_path: Path) -> None:
+    docker("run", "-d", "--name", "flaky", "--restart", "on-failure:2", "busybox",
+           "sh", "-c", "exit 3")
+    wait_until(lambda: state(docker, "flaky")["Status"] == "exited"
+               and json.loads(docker("inspect", "flaky").stdout)[0]["RestartCount"] == 2,
+               "two restarts, then exited")
+    assert state(docker, "flaky")["ExitCode"] == 3
+    flaky = docker("inspect", "-f", "{{.Id}}", "flaky").stdout.strip()
+    docker("run", "-d", "--name", "alive", "busybox", "sleep", "300")
+    pruned = docker("container", "prune", "-f").stdout
+    assert pruned.startswith("Deleted Containers:\n") and flaky in pruned
+    assert docker("ps", "-a", "--format", "{{.Names}}").stdout == "alive\n"
+
+    image_id = docker("image", "inspect", "-f", "{{.Id}}", "busybox").stdout.strip()
+    docker("save", "-o", str(tmp_path / "bb.tar"), "busybox")
+    docker("rm", "-f", "alive")
+    docker("rmi", "busybox")
+    assert docker("images", "-q").stdout == ""
+    assert docker("load", "-i", str(tmp_path / "bb.tar")).stdout == \
+        "Loaded image: busybox:latest\n"
+    assert docker("image", "inspect", "-f", "{{.Id}}", "busybox").stdout.strip() == image_id
