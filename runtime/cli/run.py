@@ -20,6 +20,29 @@ from runtime.client import Client, DaemonError, Response, quote_id
 RUN_FAILED = 125
 
 
+def start_failed_status(message: str) -> int:
+    """The docker CLI's status for a start the daemon refused (runStartContainerErr):
+    127 for a command not found, 126 for one that cannot be run, else 125."""
+    if any(s in message for s in ("executable file not found", "no such file or directory")):
+        return 127
+    if any(s in message for s in ("permission denied", "is a directory")):
+        return 126
+    return RUN_FAILED
+
+
+class StartFailed(Exception):
+    def __init__(self, error: DaemonError) -> None:
+        super().__init__(str(error))
+        self.status = start_failed_status(str(error))
+
+
+def start_container(client: Client, path: str) -> None:
+    try:
+        client.post(f"{path}/start")
+    except DaemonError as e:
+        raise StartFailed(e) from None
+
+
 def pull_image(client: Client, image: str) -> None:
     """Pull through the daemon, quietly; a failure raises DaemonError with its message."""
     from runtime.cli.images import print_progress, split_ref
@@ -59,7 +82,7 @@ def attach_and_wait(ctx: Context, cid: str, *, tty: bool, stdin: bool,
     wait: Response = waiter.call("POST", f"{path}/wait", {"condition": condition})
     try:
         if start:
-            client.post(f"{path}/start")
+            start_container(client, path)
         if tty:
             streams.follow_resizes(
                 lambda h, w: client.call("POST", f"{path}/resize", {"h": h, "w": w}).read())
@@ -82,16 +105,15 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     try:
         cid = create_container(ctx.client, body, args.name, args.pull)
         if args.detach:
-            ctx.client.post(f"/containers/{cid}/start")
+            start_container(ctx.client, f"/containers/{cid}")
             out(cid)
             return 0
-    except DaemonError as e:
-        streams.write_out(streams.STDERR, f"berth: {e}\n".encode())
-        return RUN_FAILED
-    condition = "removed" if args.rm else "next-exit"
-    try:
+        condition = "removed" if args.rm else "next-exit"
         return attach_and_wait(ctx, cid, tty=args.tty, stdin=args.interactive,
                                condition=condition, start=True)
+    except StartFailed as e:
+        streams.write_out(streams.STDERR, f"berth: {e}\n".encode())
+        return e.status
     except DaemonError as e:
         streams.write_out(streams.STDERR, f"berth: {e}\n".encode())
         return RUN_FAILED

@@ -162,3 +162,15 @@ def test_restart_policy_prune_and_image_save_load(docker: DockerCLI,
     assert docker("load", "-i", str(tmp_path / "bb.tar")).stdout == \
         "Loaded image: busybox:latest\n"
     assert docker("image", "inspect", "-f", "{{.Id}}", "busybox").stdout.strip() == image_id
+
+
+def test_berth_and_docker_give_the_same_exit_status_for_a_failed_start(
+        docker: DockerCLI) -> None:
+    for argv, status in ((["nosuchcmd"], 127), (["/etc/passwd"], 126)):
+        for detach in ([], ["-d"]):
+            args = ["run", "--rm", *detach, "busybox", *argv]
+            ours = docker.daemon.berth(*args, check=False, timeout=30)
+            theirs = docker(*args, check=False, timeout=30)
+            assert (ours.returncode, theirs.returncode) == (status, status), (ours, theirs)
+            assert ours.stderr.startswith("berth: Error response from daemon: exec: ")
+    assert docker("ps", "-aq").stdout == ""
