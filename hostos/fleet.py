@@ -162,12 +162,15 @@ def _simulate_cmd(args: argparse.Namespace) -> int:
 
     from hostos.fleetsim import SimulateOptions, simulate  # QEMU, builds: load lazily
 
-    if args.hosts < 1 or args.max_unavailable < 1:
-        raise HostosError("--hosts and --max-unavailable must be at least 1")
+    if args.hosts < 1 or args.max_unavailable < 1 or args.boot_tries < 1:
+        raise HostosError("--hosts, --max-unavailable and --boot-tries must be at least 1")
+    # A bad canary needs its boot tries plus a boot back to fail and halt the
+    # rollout (about 9 minutes under TCG with 2 tries): wave 2 must wait longer.
+    delay = args.wave_delay if args.wave_delay is not None else (900 if args.bad else 120)
     return simulate(SimulateOptions(
         hosts=args.hosts, max_unavailable=args.max_unavailable, bad=args.bad,
         memory_mib=args.memory, image=args.image, release_image=args.release_image,
-        wave_delay=timedelta(seconds=args.wave_delay)))
+        boot_tries=args.boot_tries, wave_delay=timedelta(seconds=delay)))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -189,8 +192,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--bad", action="store_true",
                    help="publish a release whose health check fails: watch the halt")
     m.add_argument("--memory", type=int, default=768, help="MiB per VM")
-    m.add_argument("--wave-delay", type=int, default=120,
-                   help="seconds between the canary wave and the rest")
+    m.add_argument("--wave-delay", type=int,
+                   help="seconds between the canary wave and the rest (default 120, "
+                        "900 with --bad)")
+    m.add_argument("--boot-tries", type=int, default=2,
+                   help="boots a new version gets to become healthy")
     m.add_argument("--image", type=Path, help="image the hosts boot (default: built 0.1.0)")
     m.add_argument("--release-image", type=Path,
                    help="image to release (default: built 0.2.0)")
