@@ -159,6 +159,7 @@ class FleetRun:
     own_calls: Counter[str] = field(default_factory=Counter)  # the simulator's own reads
     _served: Counter[str] = field(default_factory=Counter)  # etcd's counters at publish
     _lock_ops: int = 0  # the FleetLock server's count at publish
+    shown: dict[str, str] = field(default_factory=dict)  # what watch() last printed
 
     def _etcd(self, what: Callable[[EtcdClient], Any]) -> Any:
         async def go() -> Any:
@@ -272,6 +273,8 @@ def start_fleet(opts: SimulateOptions, work: Path) -> Iterator[FleetRun]:
             release = _bad_release(image_b, work / "image-bad")
         plan = rollout_plan(datetime.now(UTC), opts.wave_delay)
         make_release(release, image_b.version, repo, rollout=plan.to_json())
+        print(f"published {image_b.version}{' (bad)' if opts.bad else ''}; "
+              "times below are seconds since", flush=True)
         log.info("published %s (%s) with waves %s", image_b.version,
                  "bad: its health check fails" if opts.bad else "good",
                  ", ".join(f"{w.percent:.0f}% at +{(w.start - plan.waves[0].start).seconds}s"
@@ -302,7 +305,6 @@ def watch(run: FleetRun, done: Callable[[FleetStatus], bool], timeout: float,
           interval: float = 3.0, out: Any = None) -> FleetStatus:
     """Print every change in etcd until done(status) or timeout; returns the last status."""
     out = out or sys.stdout
-    seen: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     while True:
         st = run.status()
@@ -310,9 +312,9 @@ def watch(run: FleetRun, done: Callable[[FleetStatus], bool], timeout: float,
         now = _snapshot(st)
         t = time.monotonic() - run.started
         for k, v in now.items():
-            if seen.get(k) != v:
+            if run.shown.get(k) != v:
                 print(f"[{t:6.0f}s] {k}: {v}", file=out, flush=True)
-        seen = now
+        run.shown = now
         if done(st):
             return st
         for m, name in zip(run.hosts, run.names, strict=True):
