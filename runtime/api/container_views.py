@@ -17,7 +17,7 @@ from runtime.cgroups import Stats
 from runtime.cli.common import human_duration
 from runtime.container.spec import CreateRequest, RestartPolicy, RestartPolicyName, VolumeRequest
 from runtime.container.state import State, Status
-from runtime.rootfs import VolumeKind
+from runtime.rootfs import MASKED_PATHS, READONLY_PATHS, RootfsSpec, VolumeKind
 from runtime.store.containers import ContainerRecord
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -274,6 +274,20 @@ def host_config_json(rec: ContainerRecord, log_type: str,
         "LogConfig": {"Type": log_type, "Config": {}},
         "Dns": list(opts.get("Dns") or []), "ExtraHosts": list(opts.get("ExtraHosts") or [])
         or None,
+        # What berthd does and does not offer, said as dockerd says its defaults (format
+        # templates such as {{.HostConfig.ShmSize}} read them).
+        "ShmSize": RootfsSpec.shm_size, "MaskedPaths": list(MASKED_PATHS),
+        "ReadonlyPaths": list(READONLY_PATHS), "IpcMode": "private", "PidMode": "",
+        "UTSMode": "", "CgroupnsMode": "private", "Cgroup": "", "CgroupParent": "",
+        "Runtime": "berth", "Isolation": "", "CpuPeriod": 0, "CpuQuota": 0,
+        "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "",
+        "CpuCount": 0, "CpuPercent": 0, "MemoryReservation": 0, "MemorySwappiness": None,
+        "OomKillDisable": False, "OomScoreAdj": 0, "Ulimits": None, "Devices": [],
+        "DeviceRequests": None, "DeviceCgroupRules": None, "BlkioWeightDevice": [],
+        "BlkioDeviceReadBps": [], "BlkioDeviceWriteBps": [], "BlkioDeviceReadIOps": [],
+        "BlkioDeviceWriteIOps": [], "IOMaximumBandwidth": 0, "IOMaximumIOps": 0,
+        "DnsOptions": [], "DnsSearch": [], "GroupAdd": None, "VolumesFrom": None,
+        "VolumeDriver": "", "ContainerIDFile": "", "ConsoleSize": [0, 0],
     }
 
 

@@ -174,3 +174,16 @@ def test_berth_and_docker_give_the_same_exit_status_for_a_failed_start(
             assert (ours.returncode, theirs.returncode) == (status, status), (ours, theirs)
             assert ours.stderr.startswith("berth: Error response from daemon: exec: ")
     assert docker("ps", "-aq").stdout == ""
+
+
+def test_inspect_says_what_the_container_has(docker: DockerCLI) -> None:
+    docker("run", "-d", "--name", "facts", "busybox", "sleep", "300")
+    shm = int(docker("inspect", "-f", "{{.HostConfig.ShmSize}}", "facts").stdout)
+    df = docker("exec", "facts", "df", "-k", "/dev/shm").stdout.splitlines()[1].split()
+    assert int(df[1]) * 1024 == shm == 64 << 20
+    masked = json.loads(docker("inspect", "-f", "{{json .HostConfig.MaskedPaths}}",
+                               "facts").stdout)
+    assert "/proc/interrupts" in masked
+    # A masked file reads as empty (/dev/null is bound over it); the host's does not.
+    assert Path("/proc/interrupts").read_bytes()
+    assert docker("exec", "facts", "wc", "-c", "/proc/interrupts").stdout.split()[0] == "0"

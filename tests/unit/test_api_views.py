@@ -187,6 +187,10 @@ def test_memory_swap_as_dockerd_reports_it_and_refuses_it() -> None:
     doc = inspect_json(dataclasses.replace(rec, request=req), log_path="", log_type="json-file")
     assert (doc["HostConfig"]["Memory"], doc["HostConfig"]["MemorySwap"]) == \
         (64 << 20, 128 << 20)
+    # dockerd's other HostConfig fields are there, with what berthd really does.
+    assert doc["HostConfig"]["ShmSize"] == 64 << 20
+    assert "/proc/kcore" in doc["HostConfig"]["MaskedPaths"]
+    assert doc["HostConfig"]["CgroupnsMode"] == "private"
     for hc, message in (({"Memory": 1 << 20}, "Minimum memory limit allowed is 6MB"),
                         ({"Memory": 64 << 20, "MemorySwap": 32 << 20},
                          "Minimum memoryswap limit should be larger than memory limit"),
