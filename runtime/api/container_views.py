@@ -43,6 +43,11 @@ def _strings(value: Any, field: str) -> tuple[str, ...] | None:
     raise BadRequest(f"invalid {field}: expected a string or a list of strings")
 
 
+# The modes dockerd accepts after a bind's destination (volume/mounts.go).
+_BIND_MODES = frozenset({"ro", "rw", "z", "Z", "shared", "rshared", "slave", "rslave",
+                         "private", "rprivate", "nocopy", "consistent", "cached", "delegated"})
+
+
 def _volumes(body: Mapping[str, Any], hc: Mapping[str, Any]) -> tuple[tuple[VolumeRequest, ...],
                                                                      tuple[str, ...]]:
     volumes: list[VolumeRequest] = []
@@ -52,6 +57,8 @@ def _volumes(body: Mapping[str, Any], hc: Mapping[str, Any]) -> tuple[tuple[Volu
         if len(parts) == 3:
             # Docker accepts SELinux and propagation flags beside ro/rw; only ro matters here.
             flags = set(parts[2].split(","))
+            if not flags <= _BIND_MODES or {"ro", "rw"} <= flags:
+                raise BadRequest(f"invalid mode: {parts[2]}")
             parts = [parts[0], parts[1], "ro" if "ro" in flags else "rw"]
         volumes.append(VolumeRequest.parse(":".join(parts)))
     for m in hc.get("Mounts") or []:

@@ -72,7 +72,9 @@ def test_create_defaults_and_refusals() -> None:
     assert "ALL" in privileged.cap_add and privileged.seccomp == "unconfined"
     for bad in ({}, {"Image": 3}, {"Image": "b", "Cmd": [1]},
                 {"Image": "b", "HostConfig": {"RestartPolicy": {"Name": "sometimes"}}},
-                {"Image": "b", "HostConfig": {"Mounts": [{"Type": "npipe", "Target": "/x"}]}}):
+                {"Image": "b", "HostConfig": {"Mounts": [{"Type": "npipe", "Target": "/x"}]}},
+                {"Image": "b", "HostConfig": {"Binds": ["v:/x:zz"]}},
+                {"Image": "b", "HostConfig": {"Binds": ["v:/x:ro,rw"]}}):
         with pytest.raises(BadRequest):
             create_request(bad, None, {})
     with pytest.raises(BadRequest, match="No exec command"):
