@@ -148,7 +148,9 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
 
 
 async def top(request: web.Request) -> web.StreamResponse:
-    result = await manager(request).top(ref(request), request.query.get("ps_args") or "-ef")
+    mgr = manager(request)
+    result = await mgr.top(ref(request), request.query.get("ps_args") or "-ef")
+    mgr.publish(mgr.get(ref(request)), "top")
     return web.json_response({"Titles": list(result.titles),
                               "Processes": [list(p) for p in result.processes]})
 

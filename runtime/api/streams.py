@@ -195,6 +195,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
     # Subscribed before the hijack answer: a `run` attaches before it starts the
     # container, and its first output (a shell's prompt) must not be lost.
     att = mgr.attach(cid)
+    mgr.publish(mgr.get(cid), "attach")
     conn = await hijack(request, RAW_STREAM if tty else MULTIPLEXED_STREAM)
     sink: asyncio.Future[None] | None = None
     try:
@@ -235,6 +236,7 @@ async def resize(request: web.Request) -> web.StreamResponse:
     h, w = size_params(request)
     if c.pty_master >= 0:
         set_winsize(c.pty_master, h, w)
+        mgr.publish(c, "resize", height=str(h), width=str(w))
     return web.Response(status=200)
 
 

@@ -187,3 +187,24 @@ def test_inspect_says_what_the_container_has(docker: DockerCLI) -> None:
     # A masked file reads as empty (/dev/null is bound over it); the host's does not.
     assert Path("/proc/interrupts").read_bytes()
     assert docker("exec", "facts", "wc", "-c", "/proc/interrupts").stdout.split()[0] == "0"
+
+
+def test_events_of_a_run_as_dockerd_sends_them(docker: DockerCLI) -> None:
+    since = str(int(time.time()) - 1)
+    docker("run", "--rm", "--name", "evx", "--label", "team=a", "busybox", "true")
+    docker("run", "-d", "--name", "evy", "busybox", "sleep", "300")
+    docker("top", "evy")
+    docker("kill", "evy")
+    until = str(int(time.time()) + 1)
+    time.sleep(1.1)
+
+    def actions(*filters: str) -> list[str]:
+        argv = ["events", "--since", since, "--until", until, "--format", "{{.Action}}"]
+        for f in filters:
+            argv += ["--filter", f]
+        return docker(*argv).stdout.split()
+
+    assert actions("container=evx") == ["create", "attach", "start", "die", "destroy"]
+    assert actions("container=evy") == ["create", "start", "top", "kill", "die"]
+    assert actions("label=team=a", "event=die") == ["die"]
+    assert actions("event=oom") == []
