@@ -208,3 +208,32 @@ def test_events_of_a_run_as_dockerd_sends_them(docker: DockerCLI) -> None:
     assert actions("container=evy") == ["create", "start", "top", "kill", "die"]
     assert actions("label=team=a", "event=die") == ["die"]
     assert actions("event=oom") == []
+
+
+DOCKER_DEFAULT_CAPS = 0xa80425fb   # dockerd's default bounding set (oci/caps/defaults.go)
+
+
+def test_isolation_defaults_and_their_switches(docker: DockerCLI) -> None:
+    def status(*flags: str) -> dict[str, str]:
+        out = docker("run", "--rm", *flags, "busybox", "cat", "/proc/self/status").stdout
+        return dict(line.split(":\t", 1) for line in out.splitlines() if ":\t" in line)
+
+    default = status()
+    for field in ("CapBnd", "CapEff", "CapPrm"):
+        assert int(default[field], 16) == DOCKER_DEFAULT_CAPS, default
+    assert int(default["CapAmb"], 16) == 0
+    assert (default["NoNewPrivs"], default["Seccomp"]) == ("1", "2")
+    added = int(status("--cap-add", "NET_ADMIN", "--cap-drop", "CHOWN")["CapBnd"], 16)
+    assert added == (DOCKER_DEFAULT_CAPS | 1 << 12) & ~1          # +NET_ADMIN, -CHOWN
+    assert status("--security-opt", "seccomp=unconfined")["Seccomp"] == "0"
+    privileged = status("--privileged")
+    assert privileged["Seccomp"] == "0" and int(privileged["CapBnd"], 16) > DOCKER_DEFAULT_CAPS
+    # Root inside is an unprivileged range outside (a user namespace by default).
+    inside, outside, count = docker("run", "--rm", "busybox", "cat",
+                                    "/proc/self/uid_map").stdout.split()
+    assert (inside, count) == ("0", "65536") and int(outside) >= 65536
+    # Own hostname (the short id), pid namespace (PID 1), network namespace.
+    cid = docker("run", "-d", "--network", "none", "busybox", "sleep", "300").stdout.strip()
+    assert docker("exec", cid, "hostname").stdout == f"{cid[:12]}\n"
+    assert docker("exec", cid, "cat", "/proc/1/cmdline").stdout == "sleep\x00300\x00"
+    assert docker("exec", cid, "ls", "/sys/class/net").stdout.split() == ["lo"]
