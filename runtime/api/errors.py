@@ -100,6 +100,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status == 304:
             return web.Response(status=304)
         return error_response(e.status, e.message)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+        # dockerd's router answers both with 404 "page not found".
+        return error_response(404, "page not found")
     except web.HTTPException as e:
         if e.status >= 400:
             return error_response(e.status, e.reason if e.text is None else e.text.strip())

@@ -28,7 +28,7 @@ def parse_filters(text: str | None, allowed: Collection[str]) -> Filters:
     out: Filters = {}
     for key, values in raw.items():
         if key not in allowed:
-            raise BadRequest(f"invalid filter '{key}'")
+            raise BadRequest(f"Invalid filter '{key}'")
         if isinstance(values, dict):
             out[key] = [str(v) for v, on in values.items() if on]
         elif isinstance(values, list):
