@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import os
 import time
@@ -143,13 +144,22 @@ async def disk_usage(request: web.Request) -> web.StreamResponse:
     vols = volumes.usage(mgr)
 
     def collect() -> dict[str, Any]:
-        images = [image_views.summary(store, rec) for rec in store.list_images()]
+        recs = store.list_images()
+        images = [image_views.summary(store, rec) for rec in recs]
+        # dockerd's df counts the layers an image shares with others (the docker CLI
+        # skips an image whose SharedSize is -1 when it sums what is in use).
+        uses = collections.Counter(d for rec in recs for d in set(rec.diff_ids))
+        shared = {d: store.layers.disk_usage(d) for d, n in uses.items() if n > 1}
+        for doc, rec in zip(images, recs, strict=True):
+            doc["SharedSize"] = sum(shared.get(d, 0) for d in set(rec.diff_ids))
+        layers_size = sum(i["Size"] for i in images) - sum(
+            size * (uses[d] - 1) for d, size in shared.items())
         containers = []
         for doc, upper in records:
             doc["SizeRw"] = sum(p.stat().st_size for p in upper.rglob("*")
                                 if p.is_file() and not p.is_symlink())
             containers.append(doc)
-        return {"LayersSize": sum(i["Size"] for i in images), "Images": images,
+        return {"LayersSize": layers_size, "Images": images,
                 "Containers": containers, "Volumes": volumes.sized(vols),
                 "BuildCache": []}
 

@@ -237,3 +237,13 @@ def test_isolation_defaults_and_their_switches(docker: DockerCLI) -> None:
     assert docker("exec", cid, "hostname").stdout == f"{cid[:12]}\n"
     assert docker("exec", cid, "cat", "/proc/1/cmdline").stdout == "sleep\x00300\x00"
     assert docker("exec", cid, "ls", "/sys/class/net").stdout.split() == ["lo"]
+
+
+def test_system_df_counts_an_image_in_use_as_not_reclaimable(docker: DockerCLI) -> None:
+    def reclaimable() -> dict[str, str]:
+        out = docker("system", "df", "--format", "{{.Type}}={{.Reclaimable}}").stdout
+        return dict(line.split("=", 1) for line in out.splitlines())
+
+    assert reclaimable()["Images"].endswith("(100%)")
+    docker("run", "-d", "--name", "user", "busybox", "sleep", "300")
+    assert reclaimable()["Images"] == "0B (0%)"
