@@ -120,8 +120,10 @@ async def wait(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
     result = await mgr.wait(ref(request), condition)
-    doc = {"StatusCode": result.status_code,
-           "Error": {"Message": result.error} if result.error else None}
+    # dockerd reports a failed start's error to a not-running waiter, not to a removed
+    # one: `docker run --rm IMG nosuchcmd` prints the error once, not a second time.
+    error = result.error if condition is not WaitCondition.REMOVED else ""
+    doc = {"StatusCode": result.status_code, "Error": {"Message": error} if error else None}
     await resp.write(json.dumps(doc).encode() + b"\n")
     await resp.write_eof()
     return resp

@@ -85,6 +85,7 @@ def test_run_of_a_missing_command(docker: DockerCLI) -> None:
     gone = docker("run", "--rm", "busybox", "nosuchcmd", check=False, timeout=30)
     assert gone.returncode == 127
     assert 'exec: "nosuchcmd": executable file not found in $PATH' in gone.stderr
+    assert gone.stderr.count("executable file not found") == 1, gone.stderr  # said once
     assert docker("ps", "-aq").stdout == ""
     kept = docker("run", "--name", "kept", "busybox", "nosuchcmd", check=False, timeout=30)
     assert kept.returncode == 127
