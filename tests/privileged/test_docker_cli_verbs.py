@@ -118,6 +118,12 @@ def test_logs_since_until_tail_timestamps_and_follow(docker: DockerCLI) -> None:
     stamped = docker("logs", "-t", "--tail", "1", "lg").stdout
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z four\n", stamped), stamped
     assert docker("logs", "--tail", "0", "lg").stdout == ""
+    # The berth CLI reads the same, flag for flag.
+    for flags in (["--tail", "2"], ["--since", boundary], ["--until", boundary],
+                  ["--since", "10m"], ["-f"], ["-n", "1", "-t"]):
+        ours = docker.daemon.berth("logs", *flags, "lg")
+        theirs = docker("logs", *flags, "lg")
+        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr), flags
 
 
 def test_attach_to_an_interactive_container(docker: DockerCLI) -> None:
