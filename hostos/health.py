@@ -13,7 +13,9 @@ unit's ExecStopPost=: if the check failed (or hung and was killed) and this
 boot is on trial with another entry to fall back to, it reboots, so
 systemd-boot counts the try down and eventually boots the previous version.
 A blessed version that turns unhealthy is only reported, never rebooted in
-a loop.
+a loop. A trial boot that hangs before the check ends (or before it starts)
+is rebooted the same way by `hostos health deadline`, which
+hostos-boot-deadline.timer runs a fixed time after boot on trial boots.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hostos.update.config import load_settings
-from hostos.update.entries import EntryState
+from hostos.update.entries import BootEntry, EntryState
 from hostos.update.host import LocalHost, reboot_cmd
 from runtime.run import run
 
@@ -38,6 +40,7 @@ log = logging.getLogger("hostos.health")
 DEFAULT_SOCKET = Path("/run/berth/berthd.sock")
 CONTAINERS_DIR = Path("/etc/berth/containers.d")
 RETRY_SECONDS = 2.0
+BOOT_COMPLETE = "boot-complete.target"
 
 
 @dataclass(frozen=True)
@@ -124,27 +127,58 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def trial_reboot(version: str, entries: Sequence[BootEntry], why: str) -> str | None:
+    """Why to reboot this boot of `version` after `why`, or None to stay up (pure).
+
+    Only a trial boot (its entry still counting tries, or at +0) with another
+    usable entry to fall back to is rebooted: a blessed version that turns
+    unhealthy is reported, never rebooted in a loop.
+    """
+    mine = [e for e in entries if str(e.version) == version]
+    others = [e for e in entries if str(e.version) != version and e.state is not EntryState.BAD]
+    if not mine or mine[0].state not in (EntryState.TRIAL, EntryState.BAD):
+        return None
+    if not others:
+        return None
+    return (f"{why} on trial boot of {version} ({mine[0].filename}): rebooting so the "
+            "boot loader counts the try")
+
+
+def _reboot_if_on_trial(why: str) -> int:
+    state = run(["systemctl", "is-system-running"], check=False).stdout.strip()
+    if state == "stopping":  # e.g. the deadline's reboot stopping a check still retrying
+        print(f"{why} while the system is already going down: nothing to do")
+        return 0
+    host = LocalHost(load_settings())
+    version = str(host.running_version())
+    reason = trial_reboot(version, host.esp().entries(), why)
+    if reason is None:
+        print(f"{why} on {version}, not on trial or nothing to fall back to: not rebooting")
+        return 0
+    print(reason)
+    run(reboot_cmd())
+    return 0
+
+
 def _finish(args: argparse.Namespace) -> int:
     """ExecStopPost=: after a failed check, reboot if this boot is on trial."""
     result = os.environ.get("SERVICE_RESULT", "success")
     if result == "success":
         return 0
-    settings = load_settings()
-    host = LocalHost(settings)
-    version = host.running_version()
-    entries = host.esp().entries()
-    mine = [e for e in entries if e.version == version]
-    others = [e for e in entries if e.version != version and e.state is not EntryState.BAD]
-    if not mine or (mine[0].state is not EntryState.TRIAL and mine[0].state is not EntryState.BAD):
-        print(f"hostos-health failed ({result}) on blessed {version}: not rebooting")
+    return _reboot_if_on_trial(f"hostos-health failed ({result})")
+
+
+def _deadline(args: argparse.Namespace) -> int:
+    """hostos-boot-deadline.timer: the trial boot has not reached boot-complete.target.
+
+    Covers what hostos-health's own timeout cannot: a boot that hangs before
+    the check even starts (it runs after multi-user.target), or a check that
+    cannot start at all.
+    """
+    if run(["systemctl", "is-active", "--quiet", BOOT_COMPLETE], check=False).returncode == 0:
+        print(f"{BOOT_COMPLETE} reached in time")
         return 0
-    if not others:
-        print(f"hostos-health failed ({result}) on {version}, no other entry: not rebooting")
-        return 0
-    print(f"hostos-health failed ({result}) on trial boot of {version} "
-          f"({mine[0].filename}): rebooting so the boot loader counts the try")
-    run(reboot_cmd())
-    return 0
+    return _reboot_if_on_trial(f"{BOOT_COMPLETE} not reached by the boot deadline")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -157,3 +191,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verbs = p.add_subparsers(dest="health_command", metavar="VERB")
     fin = verbs.add_parser("finish", help="after a failed check: reboot if on trial")
     fin.set_defaults(func=_finish)
+    dl = verbs.add_parser("deadline", help="boot deadline passed: reboot a trial boot that "
+                          f"has not reached {BOOT_COMPLETE}")
+    dl.set_defaults(func=_deadline)

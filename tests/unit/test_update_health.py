@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from hostos.health import run_checks
+from hostos.health import run_checks, trial_reboot
+from hostos.update.entries import BootEntry, parse_entries
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -80,3 +81,21 @@ def test_unhealthy_when_a_declared_container_is_not_running(tmp_path: Path) -> N
 def test_unhealthy_when_berthd_does_not_answer(tmp_path: Path) -> None:
     results = run_checks(tmp_path / "absent.sock", tmp_path, time.monotonic())
     assert [(r.name, r.ok) for r in results] == [("berthd", False)]
+
+
+def test_a_failed_or_hung_trial_boot_reboots_only_with_somewhere_to_fall_back() -> None:
+    def entries(*names: str) -> list[BootEntry]:
+        return parse_entries(list(names), "berth")
+
+    # B on trial (one try done), A blessed: reboot, the boot loader counts B down.
+    reason = trial_reboot("0.2.0", entries("berth_0.1.0.efi", "berth_0.2.0+2-1.efi"), "hung")
+    assert reason is not None and "berth_0.2.0+2-1.efi" in reason
+    # Last try used up (+0): still reboot, so systemd-boot picks A next.
+    assert trial_reboot("0.2.0", entries("berth_0.1.0.efi", "berth_0.2.0+0-3.efi"), "x")
+    # Blessed B turned unhealthy: reported, never a reboot loop.
+    assert trial_reboot("0.2.0", entries("berth_0.1.0.efi", "berth_0.2.0.efi"), "x") is None
+    # A first boot on trial with no other entry: nowhere to go.
+    assert trial_reboot("0.1.0", entries("berth_0.1.0+3.efi"), "x") is None
+    # The only other entry is one the boot loader gave up on: nowhere to go either.
+    assert trial_reboot("0.1.0", entries("berth_0.1.0+2-1.efi", "berth_0.2.0+0-3.efi"),
+                        "x") is None

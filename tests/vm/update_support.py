@@ -11,6 +11,7 @@ A/B switch are the real ones.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -58,12 +59,15 @@ while True:
 """
 
 
+@functools.cache
 def build(folder: Path, version: str) -> ImageArtifacts:
     """The image in folder, (re)built first if missing or built from other inputs.
 
     `make test` rebuilds only build/image; a second version (B) built from
     older inputs would test yesterday's image, so its recorded inputs hash is
     compared with the tree's. A rebuild queues on `hostos build`'s lock.
+    Once per session: the update modules share the pair (sources edited
+    during a run do not rebuild it under the next module).
     """
     if not _current(folder, version):
         run([sys.executable, "-m", "hostos", "build", "--version", version,
@@ -131,6 +135,15 @@ def status(m: Machine) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(m.check("hostos update status --json --no-fleet",
                                               timeout=120))
     return data
+
+
+def image_version(m: Machine) -> str:
+    """IMAGE_VERSION from the booted /usr's os-release (shell-quoted there)."""
+    for line in m.check("cat /usr/lib/os-release").splitlines():
+        key, _, value = line.partition("=")
+        if key == "IMAGE_VERSION":
+            return value.strip().strip('"')
+    raise AssertionError("no IMAGE_VERSION in /usr/lib/os-release")
 
 
 def wait_blessed(m: Machine, timeout: float) -> None:
