@@ -191,7 +191,20 @@ async def rename(request: web.Request) -> web.StreamResponse:
     name = request.query.get("name")
     if not name:
         raise BadRequest("give the new name: ?name=NEW")
-    await manager(request).rename(ref(request), name)
+    mgr = manager(request)
+    c = mgr.get(ref(request))
+    new = name.lstrip("/")
+    # dockerd's words for the two refusals a user meets most.
+    if new == c.record.name:
+        raise BadRequest("Renaming a container with the same name as its current name")
+    holder = next((o for o in mgr.containers.values()
+                   if o.record.name == new and o.id != c.id), None)
+    if holder is not None:
+        raise ApiConflict(
+            f'Error when allocating new name: Conflict. The container name "/{new}" is '
+            f'already in use by container "{holder.id}". You have to remove (or rename) '
+            f'that container to be able to reuse that name.')
+    await mgr.rename(c.id, name)
     return no_content()
 
 

@@ -160,7 +160,12 @@ def merge_env(*layers: tuple[str, ...]) -> tuple[str, ...]:
             key, sep, _ = item.partition("=")
             if not key:
                 raise InvalidRequest(f"invalid environment variable: {item!r}")
-            merged[key] = item if sep else f"{key}="
+            if sep:
+                merged[key] = item
+            else:
+                # `-e KEY` with KEY unset on the client arrives bare: dockerd passes it
+                # on malformed, so the process has no KEY (not an empty one).
+                merged.pop(key, None)
     return tuple(merged.values())
 
 

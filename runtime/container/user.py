@@ -46,4 +46,6 @@ def resolve(user: str, passwd: str, group: str) -> ExecUser:
             raise UserError(f"unable to find group {grp}: no matching entries in group file")
     extra = tuple(sorted({int(g[2]) for g in groups
                           if len(g) >= 4 and uname and uname in g[3].split(",")} - {gid}))
-    return ExecUser(uid, gid, extra, home or "/")
+    # The primary group leads the supplementary ones, as dockerd sets AdditionalGids
+    # (since the fix for GHSA-rc4r-wh2q-q6c4): `id` shows groups=<gid>,...
+    return ExecUser(uid, gid, (gid, *extra), home or "/")

@@ -254,3 +254,23 @@ def test_system_df_counts_an_image_in_use_as_not_reclaimable(docker: DockerCLI) 
     assert reclaimable()["Images"].endswith("(100%)")
     docker("run", "-d", "--name", "user", "busybox", "sleep", "300")
     assert reclaimable()["Images"] == "0B (0%)"
+
+
+def test_rename_refusals_groups_and_bare_env_as_docker(docker: DockerCLI) -> None:
+    a = docker("run", "-d", "--name", "one", "busybox", "sleep", "300").stdout.strip()
+    docker("run", "-d", "--name", "two", "busybox", "sleep", "300")
+    taken = docker("rename", "two", "one", check=False)
+    assert taken.returncode != 0
+    assert (f'Conflict. The container name "/one" is already in use by container "{a}"'
+            in taken.stderr)
+    same = docker("rename", "two", "two", check=False)
+    assert same.returncode != 0
+    assert "Renaming a container with the same name as its current name" in same.stderr
+    # The primary group is among the supplementary ones, as dockerd sets them.
+    assert docker("run", "--rm", "busybox", "id").stdout == \
+        "uid=0(root) gid=0(root) groups=0(root)\n"
+    assert docker("run", "--rm", "-u", "1234:55", "busybox", "id").stdout == \
+        "uid=1234 gid=55 groups=55\n"
+    # -e KEY with KEY unset on the client: unset in the container, not empty.
+    assert docker("run", "--rm", "-e", "BERTH_UNSET_VAR", "-e", "B=1", "busybox", "sh", "-c",
+                  "echo ${BERTH_UNSET_VAR-unset} $B").stdout == "unset 1\n"

@@ -47,6 +47,10 @@ def test_image_defaults_apply_when_request_is_silent() -> None:
 def test_env_merge_request_overrides_image_by_key_and_adds_hostname() -> None:
     s = build_spec(CreateRequest(image="x", env=("A=2", "B=3"), hostname="web"), IMG, CID)
     assert s.env == ("PATH=/usr/bin:/bin", "LANG=C", "A=2", "HOSTNAME=web", "B=3")
+    # A bare KEY (docker -e KEY, KEY unset on the client) leaves KEY unset, even the
+    # image's.
+    bare = build_spec(CreateRequest(image="x", env=("A", "C")), IMG, CID).env
+    assert not any(e.split("=")[0] in ("A", "C") for e in bare), bare
 
 
 def test_tty_gets_term_xterm_unless_set() -> None:
@@ -105,7 +109,8 @@ GROUP = "root:x:0:\nbob:x:1000:\nstaff:x:50:bob,eve\n"
 def test_user_resolution_against_the_containers_files() -> None:
     assert resolve("", PASSWD, GROUP).uid == 0
     bob = resolve("bob", PASSWD, GROUP)
-    assert (bob.uid, bob.gid, bob.groups, bob.home) == (1000, 1000, (50,), "/home/bob")
+    assert (bob.uid, bob.gid, bob.groups, bob.home) == (1000, 1000, (1000, 50), "/home/bob")
+    assert resolve("1000:50", PASSWD, GROUP).groups == (50,)
     assert resolve("1000:50", PASSWD, GROUP).gid == 50
     assert resolve("4242", PASSWD, GROUP).uid == 4242
     with pytest.raises(UserError, match="unable to find user nobody"):
