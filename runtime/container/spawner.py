@@ -262,7 +262,11 @@ class SpawnerClient:
 
 @contextlib.contextmanager
 def start_spawner() -> Iterator[SpawnerClient]:
-    """Run the spawner as our child for the duration; stop it (EOF, then wait)."""
+    """Run the spawner as our child for the duration; stop it (EOF, then wait).
+
+    Call it from the event loop's thread: the spawner's PR_SET_PDEATHSIG fires
+    when the *thread* that forked it ends, not only the process.
+    """
     import subprocess
 
     import runtime
@@ -341,6 +345,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from runtime.sys.libc import LibcSys
 
+    libc_mod.last_cap()   # cached here once, inherited by every child
     with socket.socket(fileno=int(argv[0])) as sock:
         serve(sock, LibcSys())
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno as errno_mod
+import functools
 import os
 import platform
 import stat
@@ -263,7 +264,10 @@ def set_pdeathsig(sig: int) -> None:
     prctl(PR_SET_PDEATHSIG, sig, what="prctl PR_SET_PDEATHSIG")
 
 
+@functools.cache
 def last_cap() -> int:
+    """The kernel's highest capability number (constant while it runs): read once, so a
+    container's child inherits the value instead of reading /proc before its exec."""
     with open("/proc/sys/kernel/cap_last_cap") as f:
         return int(f.read())
 
