@@ -160,6 +160,15 @@ _IGNORED_HOST_CONFIG = ("Ulimits", "ShmSize", "Init", "Devices", "DeviceRequests
                         "IpcMode", "PidMode", "UTSMode", "CgroupParent", "Runtime")
 
 
+def unenforced_limits(req: CreateRequest, missing: Sequence[str], root: object) -> list[str]:
+    """Create warnings for limits whose cgroup controller this host lacks (dockerd warns
+    too, "Limitation discarded"); the docker CLI prints each as WARNING: ..."""
+    asked = {"memory": req.memory or req.memory_swap, "cpu": req.nano_cpus or req.cpu_shares,
+             "pids": req.pids_limit, "io": req.io_weight}
+    return [f"{name} limit not applied: the {name} cgroup controller is not available "
+            f"under {root}" for name, value in asked.items() if value and name in missing]
+
+
 def ignored_fields(body: Mapping[str, Any]) -> list[str]:
     hc: Mapping[str, Any] = body.get("HostConfig") or {}
     return [f"berthd does not apply HostConfig.{key}: it was ignored"

@@ -201,7 +201,7 @@ def build_spec(req: CreateRequest, image: ImageConfig, container_id: str) -> Con
         cmd = req.cmd if req.cmd is not None else (image.cmd or ())
     args = entrypoint + cmd
     if not args:
-        raise InvalidRequest("no command specified")
+        raise InvalidRequest("No command specified")  # dockerd's words
     working_dir = req.working_dir or image.working_dir or "/"
     if not working_dir.startswith("/"):
         raise InvalidRequest(f"the working directory '{working_dir}' is invalid, "

@@ -16,6 +16,7 @@ from runtime.api.container_views import (
     stats_json,
     status_text,
     summary_json,
+    unenforced_limits,
 )
 from runtime.api.errors import BadRequest
 from runtime.api.exec import exec_request
@@ -199,3 +200,15 @@ def test_memory_swap_as_dockerd_reports_it_and_refuses_it() -> None:
                         ({"MemorySwap": 64 << 20}, "You should always set the Memory limit")):
         with pytest.raises(BadRequest, match=message):
             create_request({"Image": "b", "HostConfig": hc}, None, {})
+
+
+def test_limits_a_host_cannot_enforce_are_warned_about_at_create() -> None:
+    req = create_request({"Image": "b", "HostConfig": {"Memory": 64 << 20, "PidsLimit": 9}},
+                         None, {})
+    warned = unenforced_limits(req, ("memory", "cpu", "pids", "io"), "/sys/fs/cgroup/x")
+    assert warned == [
+        "memory limit not applied: the memory cgroup controller is not available under "
+        "/sys/fs/cgroup/x",
+        "pids limit not applied: the pids cgroup controller is not available under "
+        "/sys/fs/cgroup/x"]
+    assert unenforced_limits(req, (), "/sys/fs/cgroup/x") == []

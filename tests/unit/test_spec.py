@@ -67,7 +67,7 @@ def test_default_path_is_added_when_nobody_sets_one() -> None:
 
 
 def test_bad_requests_are_refused() -> None:
-    with pytest.raises(InvalidRequest, match="no command specified"):
+    with pytest.raises(InvalidRequest, match="No command specified"):
         build_spec(CreateRequest(image="x"), ImageConfig(), CID)
     with pytest.raises(InvalidRequest, match="absolute path"):
         build_spec(CreateRequest(image="x", working_dir="rel"), IMG, CID)
