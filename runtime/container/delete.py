@@ -31,6 +31,7 @@ async def remove(mgr: ContainerManager, c: Container, force: bool, volumes: bool
         c.restart_task.cancel()
     if status.has_process:
         mgr.save(c, stopped_by_user=True)
+        mgr.publish(c, "kill", signal="9")     # as dockerd's rm -f: kill, die, destroy
         mgr.hierarchy.container(c.id).kill()   # SIGKILL reaches frozen tasks too (v2)
         send(c, 9)
         await asyncio.wait_for(c.stopped.wait(), KILL_GRACE)

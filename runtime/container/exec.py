@@ -109,7 +109,8 @@ def create(mgr: ContainerManager, c: object, req: ExecRequest) -> str:
         raise StartError("No exec command specified")
     exec_id = secrets.token_hex(32)
     mgr.execs[exec_id] = ExecSession(exec_id, c.id, req)
-    mgr.publish(c, "exec_create", execID=exec_id)
+    # dockerd's action names the command: "exec_create: ls -l" (filters match the prefix)
+    mgr.publish(c, f"exec_create: {' '.join(req.cmd)}", execID=exec_id)
     return exec_id
 
 
@@ -188,7 +189,7 @@ async def start(mgr: ContainerManager, exec_id: str) -> ExecSession:
         for fd in opened + child_ends:
             os.close(fd)
     s.running = True
-    mgr.publish(c, "exec_start", execID=exec_id)
+    mgr.publish(c, f"exec_start: {' '.join(req.cmd)}", execID=exec_id)
 
     def exited() -> None:
         close_stdin(s)

@@ -201,7 +201,8 @@ def test_events_of_a_run_as_dockerd_sends_them(docker: DockerCLI) -> None:
     docker("run", "--rm", "--name", "evx", "--label", "team=a", "busybox", "true")
     docker("run", "-d", "--name", "evy", "busybox", "sleep", "300")
     docker("top", "evy")
-    docker("kill", "evy")
+    docker("exec", "evy", "echo", "hi")
+    docker("rm", "-f", "evy")
     until = str(int(time.time()) + 1)
     time.sleep(1.1)
 
@@ -209,10 +210,13 @@ def test_events_of_a_run_as_dockerd_sends_them(docker: DockerCLI) -> None:
         argv = ["events", "--since", since, "--until", until, "--format", "{{.Action}}"]
         for f in filters:
             argv += ["--filter", f]
-        return docker(*argv).stdout.split()
+        return docker(*argv).stdout.splitlines()
 
     assert actions("container=evx") == ["create", "attach", "start", "die", "destroy"]
-    assert actions("container=evy") == ["create", "start", "top", "kill", "die"]
+    assert actions("container=evy") == ["create", "start", "top", "exec_create: echo hi",
+                                        "exec_start: echo hi", "exec_die", "kill", "die",
+                                        "destroy"]
+    assert actions("container=evy", "event=exec_start") == ["exec_start: echo hi"]
     assert actions("label=team=a", "event=die") == ["die"]
     assert actions("event=oom") == []
 
