@@ -6,14 +6,16 @@ The parent's half of the handshake with init.py:
       (by the spawner process with CLONE_PARENT, or by berthd itself: the Cloner)
     cloner: uid_map/gid_map, host mounts (idmapped layers, overlay), "go"
             (held for berthd when it wires a bridged network between begin and finish)
-                                     child: unshare(NEWNS|NEWCGROUP), "copied"
-    parent: detach host mounts       child: rootfs, pivot_root, caps, seccomp, exec
-    parent: error pipe EOF = exec done; a line = the failure, raised as StartError
+                                     child: unshare(NEWNS|NEWCGROUP) (copies them),
+                                            rootfs, pivot_root, caps, seccomp, exec
+    parent: error pipe EOF = exec done; a line = the failure, raised as StartError;
+            then it detaches the host's copies of the mounts (detach_host)
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -28,6 +30,7 @@ from runtime.container.init import ChildFds, ChildPlan
 from runtime.sys import Namespace, Sys
 
 START_TIMEOUT = 10.0
+log = logging.getLogger("berth.engine")
 
 
 class InitTimeout(StartError):
@@ -116,10 +119,10 @@ class Launch:
         """Clone the child, have the cloner do the parent's part (id maps, host mounts)
         and, unless held, "go"; returns the pid."""
         go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
-        if self.spec is not None:
-            self._copied_r, copied_w = os.pipe2(os.O_CLOEXEC)
-        else:
-            copied_w = -1
+        # No "copied" handshake: berthd detaches its copies of the host mounts after the
+        # exec (the child unshared long before), not while the child works: one
+        # wake-up of berthd less on the start's critical path.
+        copied_w = -1
         self._err_r, err_w = os.pipe2(os.O_CLOEXEC)
         console_w = -1
         if self.stdio is None:  # -t: the child opens a pty in its devpts and sends the master
@@ -167,14 +170,14 @@ class Launch:
                 os.close(cg_fd)
 
     def finish(self) -> int:
-        """Release the child; return its pidfd once it has exec'd, or raise StartError."""
+        """Release the child; return its pidfd once it has exec'd, or raise StartError.
+
+        The host's copies of the rootfs mounts are still there: the caller detaches
+        them (`detach_host`) once the start is answered."""
         try:
             if not self._released:
                 os.write(self._go_w, b"g")
                 self._released = True
-            if self._copied_r >= 0:
-                _read_all(self._copied_r, START_TIMEOUT, "unshare")
-                self._detach()
             err = _read_all(self._err_r, START_TIMEOUT, "exec")
         except BaseException:
             self.abort()
@@ -195,6 +198,14 @@ class Launch:
         if self._mounted and self.spec is not None:
             rootfs.detach_all(rootfs.host_teardown(self.spec), self.sys)
             self._mounted = False
+
+    def detach_host(self) -> None:
+        """Detach the host mount namespace's copies of the rootfs mounts (after exec:
+        the container's own mount namespace holds its copies)."""
+        try:
+            self._detach()
+        except OSError as e:   # the run's teardown tries again
+            log.warning("detach the host's rootfs mounts: %s", e)
 
     def _close_parent_ends(self) -> None:
         for attr in ("_go_w", "_copied_r", "_err_r", "_console"):

@@ -192,6 +192,8 @@ async def start(mgr: ContainerManager, c: Container) -> None:
                     result = await _setup_network(mgr, c, pid)
                     mgr.save(c, record_network=result)
                 pidfd = launch.finish()
+                # After the answer, not before: the host's copies of the rootfs mounts.
+                asyncio.get_running_loop().call_soon(launch.detach_host)
                 if spec.tty:
                     parent_fds.append(launch.pty_master)
                 break

@@ -16,7 +16,15 @@ from runtime.container.spawner import SpawnerClient
 from runtime.container.spec import CreateRequest, ExecRequest, VolumeRequest
 from runtime.container.state import Status
 from tests.privileged.conftest import NetNS
-from tests.privileged.engine_env import IMAGE, EngineEnv, engine_env, leaks, output, run_engine
+from tests.privileged.engine_env import (
+    IMAGE,
+    EngineEnv,
+    engine_env,
+    leaks,
+    mountinfo_under,
+    output,
+    run_engine,
+)
 
 
 @pytest.fixture
@@ -136,6 +144,23 @@ def test_etc_files_are_the_containers_own_root_owned_and_writable(env: EngineEnv
         assert (await output(m, rec.id)).splitlines() == [
             "0:0 644 /etc/hosts", "0:0 644 /etc/hostname", "0:0 644 /etc/resolv.conf",
             "10.0.0.9 extra", "box7"]
+
+    run_engine(env, scenario)
+    assert leaks(env) == []
+
+
+def test_no_rootfs_mount_stays_in_the_host_namespace_while_a_container_runs(
+        env: EngineEnv) -> None:
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(image=IMAGE, cmd=("sh", "-c", "ls /bin/sh; sleep 1000")))
+        await m.start(rec.id)
+        await asyncio.sleep(0.05)   # the detach runs right after the start's answer
+        assert mountinfo_under(env.root, env.exec_root) == []
+        for _ in range(100):
+            if await output(m, rec.id):
+                break
+            await asyncio.sleep(0.05)
+        assert await output(m, rec.id) == "/bin/sh\n"   # its own copies are intact
 
     run_engine(env, scenario)
     assert leaks(env) == []
