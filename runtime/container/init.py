@@ -49,7 +49,6 @@ class ChildFds:
     stdout: int
     stderr: int
     go: int          # read one byte: parent is done (maps, cgroup, mounts); EOF = abort
-    copied: int      # write one byte after unshare(MOUNT): parent may detach its mounts; -1: none
     error: int       # CLOEXEC: one line on failure
     join: tuple[tuple[int, Namespace], ...] = ()   # namespaces to setns into (exec)
     console: int = -1  # -t: a unix socket to send the pty master to (stdio fds unused)
@@ -135,13 +134,7 @@ def _setup(plan: ChildPlan, fds: ChildFds, sys: Sys) -> None:
         os.setresuid(0, 0, 0)
     if plan.unshare:
         sys.unshare(plan.unshare)
-    if fds.copied >= 0:
-        # "/" must be private before the parent detaches its copies of our mounts.
-        rootfs.apply(plan.steps[:1], sys)
-        os.write(fds.copied, b"c")
-        rootfs.apply(plan.steps[1:], sys)
-    else:
-        rootfs.apply(plan.steps, sys)
+    rootfs.apply(plan.steps, sys)
     if plan.hostname:
         sys.sethostname(plan.hostname)
     if plan.tty:

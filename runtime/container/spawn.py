@@ -113,16 +113,15 @@ class Launch:
         self.pidfd = -1
         self.pty_master = -1     # -t: the master of the pty the child opened (after finish)
         self._mounted = False
-        self._go_w = self._copied_r = self._err_r = self._console = -1
+        self._go_w = self._err_r = self._console = -1
 
     def begin(self) -> int:
         """Clone the child, have the cloner do the parent's part (id maps, host mounts)
         and, unless held, "go"; returns the pid."""
         go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
-        # No "copied" handshake: berthd detaches its copies of the host mounts after the
-        # exec (the child unshared long before), not while the child works: one
-        # wake-up of berthd less on the start's critical path.
-        copied_w = -1
+        # No handshake after the child's unshare: berthd detaches its copies of the host
+        # mounts after the exec (the child unshared long before), not while the child
+        # works: one wake-up of berthd less on the start's critical path.
         self._err_r, err_w = os.pipe2(os.O_CLOEXEC)
         console_w = -1
         if self.stdio is None:  # -t: the child opens a pty in its devpts and sends the master
@@ -130,7 +129,7 @@ class Launch:
             self._console, console_w = pair[0].detach(), pair[1].detach()
         stdio = self.stdio or Stdio(-1, -1, -1)
         fds = ChildFds(stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr, go=go_r,
-                       copied=copied_w, error=err_w, join=self.join, console=console_w)
+                       error=err_w, join=self.join, console=console_w)
         setup = spawner.ParentSetup(
             id_map=self.idmap.line() if self.idmap is not None and self.namespaces
             & Namespace.USER else "",
@@ -141,7 +140,7 @@ class Launch:
         try:
             pid, self.pidfd = self._clone(fds, setup)
         except OSError as e:
-            for fd in (go_r, copied_w, err_w, console_w):
+            for fd in (go_r, err_w, console_w):
                 if fd >= 0:
                     os.close(fd)
             if isinstance(e, spawner.SetupFailed):
@@ -152,7 +151,7 @@ class Launch:
             self._close_parent_ends()
             raise StartError(f"clone: {e.strerror}") from e
         self.pid = pid
-        for fd in (go_r, copied_w, err_w, console_w):
+        for fd in (go_r, err_w, console_w):
             if fd >= 0:
                 os.close(fd)
         return pid
@@ -208,7 +207,7 @@ class Launch:
             log.warning("detach the host's rootfs mounts: %s", e)
 
     def _close_parent_ends(self) -> None:
-        for attr in ("_go_w", "_copied_r", "_err_r", "_console"):
+        for attr in ("_go_w", "_err_r", "_console"):
             fd = getattr(self, attr)
             if fd >= 0:
                 with contextlib.suppress(OSError):

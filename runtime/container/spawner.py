@@ -142,7 +142,7 @@ class SpawnRequest:
     seccomp_key: bytes = b""
 
 
-_FD_FIELDS = ("stdin", "stdout", "stderr", "go", "copied", "error", "console")
+_FD_FIELDS = ("stdin", "stdout", "stderr", "go", "error", "console")
 
 
 def _pack(plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,

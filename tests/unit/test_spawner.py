@@ -20,7 +20,7 @@ def plan(bpf: bytes | None) -> ChildPlan:
 def test_request_fds_arrive_as_new_fds_in_the_same_roles_and_close_on_exec() -> None:
     pipes = [os.pipe() for _ in range(4)]
     fds = ChildFds(stdin=pipes[0][0], stdout=pipes[1][1], stderr=pipes[1][1], go=pipes[2][0],
-                   copied=-1, error=pipes[3][1], join=((pipes[2][1], Namespace.USER),))
+                   error=pipes[3][1], join=((pipes[2][1], Namespace.USER),))
     known: set[bytes] = set()
     setup = ParentSetup(id_map="0 100000 65536\n", release=pipes[3][0])
     payload, sent = _pack(plan(b"\x06" * 8), fds, Namespace.PID, -1, pipes[0][1], setup, known)
@@ -32,7 +32,7 @@ def test_request_fds_arrive_as_new_fds_in_the_same_roles_and_close_on_exec() -> 
         body, received = got
         req = pickle.loads(body)
         child_fds, cgroup_fd, pid_ns_fd, got_setup = _unpack(req, received)
-        assert cgroup_fd == -1 and child_fds.copied == -1
+        assert cgroup_fd == -1 and child_fds.console == -1
         # Each role got a received fd that is the same pipe end as the one sent.
         for field in ("stdin", "stdout", "stderr", "go", "error"):
             mine, theirs = getattr(fds, field), getattr(child_fds, field)
@@ -55,7 +55,7 @@ def test_request_fds_arrive_as_new_fds_in_the_same_roles_and_close_on_exec() -> 
 
 
 def test_the_seccomp_program_is_sent_once_then_named_by_digest() -> None:
-    fds = ChildFds(stdin=-1, stdout=-1, stderr=-1, go=-1, copied=-1, error=-1)
+    fds = ChildFds(stdin=-1, stdout=-1, stderr=-1, go=-1, error=-1)
     known: set[bytes] = set()
     first = pickle.loads(_pack(plan(b"\x06" * 4000), fds, Namespace.NONE, -1, -1, ParentSetup(),
                                  known)[0])
