@@ -132,6 +132,9 @@ class Container:
     oom_seen: int = 0        # memory.events oom_kill already published as `oom`
     consecutive_restarts: int = 0
     is_child: bool = True
+    # The host mount namespace may hold copies of this run's rootfs mounts (unknown
+    # after a daemon restart: True); the run's teardown detaches them then.
+    host_mounts: bool = True
     listeners: set[Output] = field(default_factory=set)   # attached clients (fan-out)
 
     @property

@@ -198,6 +198,11 @@ class Launch:
             rootfs.detach_all(rootfs.host_teardown(self.spec), self.sys)
             self._mounted = False
 
+    @property
+    def mounted(self) -> bool:
+        """The host's copies of the rootfs mounts may still be there."""
+        return self._mounted
+
     def detach_host(self) -> None:
         """Detach the host mount namespace's copies of the rootfs mounts (after exec:
         the container's own mount namespace holds its copies)."""

@@ -183,6 +183,7 @@ async def start(mgr: ContainerManager, c: Container) -> None:
         # One retry of a child that hung before exec (not with a network set up: the
         # provider's state belongs to the first attempt).
         attempts = 1 if bridged else 2
+        c.host_mounts = True
         for attempt in range(1, attempts + 1):
             launch = Launch(plan, rspec, stdio, cg, idmap, ns, mgr.sys, cloner=mgr.spawner(),
                             hold=bridged)
@@ -193,7 +194,7 @@ async def start(mgr: ContainerManager, c: Container) -> None:
                     mgr.save(c, record_network=result)
                 pidfd = launch.finish()
                 # After the answer, not before: the host's copies of the rootfs mounts.
-                asyncio.get_running_loop().call_soon(launch.detach_host)
+                asyncio.get_running_loop().call_soon(_detach_host, c, launch)
                 if spec.tty:
                     parent_fds.append(launch.pty_master)
                 break
@@ -230,6 +231,11 @@ async def start(mgr: ContainerManager, c: Container) -> None:
     watch_exit(pidfd, lambda: on_exit(mgr, c))
     mgr.oom_watch.add(c.id, cg.path)
     mgr.publish(c, "start")
+
+
+def _detach_host(c: Container, launch: Launch) -> None:
+    launch.detach_host()
+    c.host_mounts = launch.mounted
 
 
 def output_pumps(c: Container, fds: list[int], readopted: bool = False) -> list[LogPump]:
@@ -282,9 +288,10 @@ async def teardown_run(mgr: ContainerManager, c: Container) -> None:
         except Exception as e:
             log.warning("container %s: network teardown: %s", c.id[:12], e)
     path = mgr.netns_path(c.id)
-    with contextlib.suppress(OSError):
-        mgr.sys.umount(str(path), Umount.DETACH)
-    path.unlink(missing_ok=True)
+    if os.path.lexists(path):   # bound only for a bridged network
+        with contextlib.suppress(OSError):
+            mgr.sys.umount(str(path), Umount.DETACH)
+        path.unlink(missing_ok=True)
     cg = mgr.hierarchy.container(c.id)
     deadline = time.monotonic() + 10
     while not cg.try_remove():
@@ -293,8 +300,9 @@ async def teardown_run(mgr: ContainerManager, c: Container) -> None:
             log.warning("container %s: cgroup %s still busy", c.id[:12], cg.path)
             break
         await asyncio.sleep(0.01)
-    spec = rootfs_spec(mgr, c)
-    rootfs.detach_all(rootfs.host_teardown(spec), mgr.sys)
+    if c.host_mounts:   # not already detached right after the start
+        rootfs.detach_all(rootfs.host_teardown(rootfs_spec(mgr, c)), mgr.sys)
+        c.host_mounts = False
     shutil.rmtree(mgr.run_dir(c.id), ignore_errors=True)
 
 
