@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import threading
@@ -264,6 +265,10 @@ def start_fleet(opts: SimulateOptions, work: Path) -> Iterator[FleetRun]:
             log.info("%s: started (pid %s), machine id %s, node id %s, wave %d", name, m.pid,
                      mid, app_specific_id(mid), 1 if fleet_position(mid) < CANARY_PERCENT else 2)
         run = FleetRun(etcd, lock, repo.path, hosts, names, image_b.version)
+        print(f"fleet of {opts.hosts}: etcd {etcd.endpoint} (pid {etcd.pid}), FleetLock "
+              f"{lock.url} (pid {lock.pid}), VMs "
+              + ", ".join(f"{n} (pid {m.pid})" for n, m in zip(names, hosts, strict=True))
+              + f"; work dir {work}", flush=True)
         # Publish once every host is up and polling, so that the clock and the
         # etcd count below measure the rollout, not the first boots.
         log.info("waiting for the %d hosts to boot and report", opts.hosts)
@@ -371,11 +376,21 @@ def summary(st: FleetStatus, audit: list[AuditEntry], elapsed: float,
     return "\n".join(lines)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def simulate(opts: SimulateOptions) -> int:
     with tempfile.TemporaryDirectory(prefix="berth-fleet-") as tmp, \
             start_fleet(opts, Path(tmp)) as run:
-        print(f"fleet of {opts.hosts}: etcd {run.etcd.endpoint}, FleetLock {run.lock.url}, "
-              f"work dir {tmp}", flush=True)
+        pids = {"etcd": run.etcd.pid, "FleetLock": run.lock.pid,
+                **{n: m.pid for n, m in zip(run.names, run.hosts, strict=True) if m.pid}}
         if opts.bad:
             opens = datetime.now(UTC) + opts.wave_delay
             st = watch(run, halted_and_refused(run.release_version, opts.hosts, opens),
@@ -385,5 +400,9 @@ def simulate(opts: SimulateOptions) -> int:
         elapsed = time.monotonic() - run.started
         print()
         print(summary(st, run.audit(), elapsed, run.etcd_load()))
+    left = [f"{what} (pid {pid})" for what, pid in pids.items() if _alive(pid)]
+    if left:
+        raise HostosError(f"still running after the simulation: {', '.join(left)}")
+    print("stopped: " + ", ".join(f"{what} (pid {pid})" for what, pid in pids.items()))
     return 0
 
