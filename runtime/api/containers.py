@@ -4,8 +4,11 @@ json, top, stats, rename, delete, prune, resize (logs and attach are in streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +19,7 @@ from runtime.api.errors import BadRequest
 from runtime.api.errors import Conflict as ApiConflict
 from runtime.api.filters import query_bool, query_int, request_filters
 from runtime.api.routes import RouteTable
-from runtime.container.errors import NotRunning
+from runtime.container.errors import NoSuchContainer, NotRunning
 from runtime.container.manager import ContainerManager
 from runtime.container.state import WaitCondition
 
@@ -134,9 +137,12 @@ async def wait(request: web.Request) -> web.StreamResponse:
 async def inspect(request: web.Request) -> web.StreamResponse:
     mgr = manager(request)
     rec = mgr.inspect(ref(request))
-    return web.json_response(views.inspect_json(
+    doc = views.inspect_json(
         rec, log_path=log_path(mgr, rec.id), log_type=log_type(mgr),
-        exec_ids=exec_ids(mgr, rec.id), swap_limit="memory" not in mgr.info().cgroup_missing))
+        exec_ids=exec_ids(mgr, rec.id), swap_limit="memory" not in mgr.info().cgroup_missing)
+    if query_bool(request, "size"):
+        await add_sizes(request, mgr, [(doc, rec)])
+    return web.json_response(doc)
 
 
 async def list_containers(request: web.Request) -> web.StreamResponse:
@@ -148,7 +154,39 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
     if limit > 0:
         records = records[:limit]
     now = time.time()
-    return web.json_response([views.summary_json(r, now) for r in records])
+    docs = [views.summary_json(r, now) for r in records]
+    if query_bool(request, "size"):
+        await add_sizes(request, mgr, list(zip(docs, records, strict=True)))
+    return web.json_response(docs)
+
+
+def upper_size(upper: Path) -> int:
+    """Bytes the container wrote: its overlay upper dir (dockerd's SizeRw)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(upper):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
+
+
+async def add_sizes(request: web.Request, mgr: ContainerManager,
+                    pairs: list[tuple[dict[str, Any], Any]]) -> None:
+    """SizeRw and SizeRootFs (image + SizeRw), for ps -s and inspect -s; walked in a thread."""
+    store = backend(request).images
+
+    def image_size(image_id: str) -> int:
+        try:
+            return int(store.get(image_id).size) if store is not None else 0
+        except LookupError:
+            return 0
+
+    def measure() -> None:
+        for doc, rec in pairs:
+            doc["SizeRw"] = upper_size(mgr.data_dir(rec.id) / "upper")
+            doc["SizeRootFs"] = doc["SizeRw"] + image_size(rec.image_id)
+
+    await asyncio.to_thread(measure)
 
 
 async def top(request: web.Request) -> web.StreamResponse:
@@ -176,16 +214,24 @@ async def stats(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(STATS_INTERVAL)
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
-    while True:
-        rec = mgr.inspect(rec.id)
-        cur, cur_sys, cur_read = sample()
-        doc = views.stats_json(rec, cur, pre, cur_sys, pre_sys, cur_read, pre_read)
-        await resp.write(json.dumps(doc).encode() + b"\n")
-        if not stream or not rec.state.status.has_process:
-            break
-        pre, pre_sys, pre_read = cur, cur_sys, cur_read
-        await asyncio.sleep(STATS_INTERVAL)
-    await resp.write_eof()
+    try:
+        # A stream goes on while the container exists, running or not (dockerd keeps it
+        # open: `docker stats` shows a stopped container at zero, and a restarted one).
+        while True:
+            try:
+                rec = mgr.inspect(rec.id)
+            except NoSuchContainer:
+                break
+            cur, cur_sys, cur_read = sample()
+            doc = views.stats_json(rec, cur, pre, cur_sys, pre_sys, cur_read, pre_read)
+            await resp.write(json.dumps(doc).encode() + b"\n")
+            if not stream:
+                break
+            pre, pre_sys, pre_read = cur, cur_sys, cur_read
+            await asyncio.sleep(STATS_INTERVAL)
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass   # the client went away (docker stats ended with ^C)
     return resp
 
 

@@ -286,3 +286,32 @@ def test_a_limit_the_host_cannot_enforce_is_warned_about(docker: DockerCLI) -> N
     warned = "WARNING: memory limit not applied: the memory cgroup controller is not available"
     # (on the hybrid development hosts memory is bound to cgroup v1; unified hosts have it)
     assert (warned in r.stderr) is (not enforced), r.stderr
+
+
+def test_stats_stream_of_a_stopped_container_stays_open_until_it_is_removed(
+        docker: DockerCLI) -> None:
+    from tests.privileged.berthd import UnixHTTPConnection
+
+    cid = docker("run", "-d", "--name", "brief", "busybox", "true").stdout.strip()
+    assert docker("wait", "brief").stdout == "0\n"
+    conn = UnixHTTPConnection(docker.daemon.socket)
+    try:
+        conn.request("GET", f"/v1.47/containers/{cid}/stats?stream=1")
+        resp = conn.getresponse()
+        first, second = json.loads(resp.readline()), json.loads(resp.readline())
+        assert first["id"] == second["id"] == cid     # zeros, as `docker stats` shows them
+        assert second["pids_stats"]["current"] == 0
+        docker("rm", "brief")
+        assert resp.read() == b""                     # removed: the stream ends
+    finally:
+        conn.close()
+
+
+def test_sizes_in_ps_and_inspect(docker: DockerCLI) -> None:
+    docker("run", "-d", "--name", "writer", "busybox", "sh", "-c",
+           "head -c 100000 /dev/zero > /f; echo written; exec sleep 300")
+    wait_until(lambda: docker("logs", "writer").stdout == "written\n", "the file written")
+    image = int(docker("image", "inspect", "-f", "{{.Size}}", "busybox").stdout)
+    assert docker("inspect", "-s", "-f", "{{.SizeRw}} {{.SizeRootFs}}", "writer").stdout == \
+        f"100000 {100000 + image}\n"
+    assert docker("ps", "-s", "--format", "{{.Size}}").stdout.startswith("100kB (virtual ")
