@@ -92,7 +92,13 @@ def streaming(
     @functools.wraps(handler)
     async def run(request: web.Request) -> web.StreamResponse:
         with long_lived(request):
-            return await handler(request)
+            try:
+                return await handler(request)
+            except ConnectionResetError:
+                # The client left mid-stream (a detached `docker run` drops its wait, ^C
+                # ends `logs -f`): the answer has nowhere to go. aiohttp finishes this
+                # stand-in quietly (a ConnectionError while it is sent is not logged).
+                return web.Response(status=204)
 
     return run
 

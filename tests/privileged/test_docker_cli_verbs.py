@@ -315,3 +315,22 @@ def test_sizes_in_ps_and_inspect(docker: DockerCLI) -> None:
     assert docker("inspect", "-s", "-f", "{{.SizeRw}} {{.SizeRootFs}}", "writer").stdout == \
         f"100000 {100000 + image}\n"
     assert docker("ps", "-s", "--format", "{{.Size}}").stdout.startswith("100kB (virtual ")
+
+
+def test_clients_that_leave_early_leave_no_traceback(docker: DockerCLI) -> None:
+    docker("run", "-d", "--name", "quick", "busybox", "sleep", "0.5")   # drops its wait
+    assert docker("wait", "quick").stdout == "0\n"
+    docker("run", "-d", "--name", "talk", "busybox", "sh", "-c",
+           "while :; do echo x; sleep 0.1; done")
+    for verb in (["logs", "-f", "talk"], ["events"], ["stats", "talk"]):
+        proc = subprocess.Popen([DOCKER, "-H", docker.daemon.host, *verb],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={"PATH": "/usr/bin:/bin",
+                                     "DOCKER_CONFIG": str(docker.daemon.data_root / "cli")})
+        time.sleep(1.5)
+        proc.kill()       # the client goes away mid-stream
+        proc.wait()
+    docker("rm", "-f", "talk")
+    time.sleep(1.5)       # a stream would notice on its next write
+    log = docker.daemon.log_text()
+    assert "Traceback" not in log and "Error handling request" not in log, log[-3000:]
