@@ -91,6 +91,7 @@ def crun_samples(tmp: Path, tar: Path, n: int) -> list[float]:
 def main(args: argparse.Namespace) -> int:
     n = args.samples
     tmp = Path(tempfile.mkdtemp(prefix="berth-startbench-"))
+    tmp.chmod(0o711)   # the run dirs below: searchable by containers' mapped roots
     netns = f"berth-startbench-{uuid.uuid4().hex[:8]}"
     run(["ip", "netns", "add", netns])
     sys = LibcSys()
