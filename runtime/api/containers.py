@@ -22,8 +22,12 @@ from runtime.api.routes import RouteTable
 from runtime.container.errors import NoSuchContainer, NotRunning
 from runtime.container.manager import ContainerManager
 from runtime.container.state import WaitCondition
+from runtime.store.containers import ContainerRecord
 
-CONTAINER_FILTERS = ("name", "id", "status", "label", "ancestor", "exited")
+CONTAINER_FILTERS = ("name", "id", "status", "label", "ancestor", "exited", "before", "since",
+                     "network", "volume")
+# Filters the API applies itself on the summaries (the engine's list knows the others).
+_VIEW_FILTERS = ("before", "since", "network", "volume")
 STATS_INTERVAL = 1.0
 
 
@@ -149,8 +153,11 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
     mgr = manager(request)
     filters = request_filters(request, CONTAINER_FILTERS)
     limit = query_int(request, "limit") or 0
-    show_all = query_bool(request, "all") or limit > 0
-    records = mgr.list(all=show_all, filters=filters)
+    view_filters = {k: filters.pop(k) for k in _VIEW_FILTERS if k in filters}
+    show_all = (query_bool(request, "all") or limit > 0 or "before" in view_filters
+                or "since" in view_filters)
+    records = [r for r in mgr.list(all=show_all, filters=filters)
+               if _view_match(mgr, r, view_filters)]
     if limit > 0:
         records = records[:limit]
     now = time.time()
@@ -158,6 +165,27 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
     if query_bool(request, "size"):
         await add_sizes(request, mgr, list(zip(docs, records, strict=True)))
     return web.json_response(docs)
+
+
+def _view_match(mgr: ContainerManager, rec: ContainerRecord, f: dict[str, list[str]]) -> bool:
+    """dockerd's before=/since= (created before/after that container), network=, volume=."""
+    if "before" in f and not all(rec.created < mgr.inspect(v).created for v in f["before"]):
+        return False
+    if "since" in f and not all(rec.created > mgr.inspect(v).created for v in f["since"]):
+        return False
+    if "network" in f:
+        nets = views.network_json(rec)["Networks"]
+        names = set(nets) | {rec.spec.network_mode}   # host/none, or not started yet
+        ids = {str(n.get("NetworkID", "")) for n in nets.values()}
+        if not any(v in names or any(i and i.startswith(v) for i in ids)
+                   for v in f["network"]):
+            return False
+    if "volume" in f:
+        mounts = views.mounts_json(rec)
+        if not any(v in (m.get("Name"), m["Source"], m["Destination"])
+                   for v in f["volume"] for m in mounts):
+            return False
+    return True
 
 
 def upper_size(upper: Path) -> int:

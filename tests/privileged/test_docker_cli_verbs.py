@@ -334,3 +334,22 @@ def test_clients_that_leave_early_leave_no_traceback(docker: DockerCLI) -> None:
     time.sleep(1.5)       # a stream would notice on its next write
     log = docker.daemon.log_text()
     assert "Traceback" not in log and "Error handling request" not in log, log[-3000:]
+
+
+def test_ps_filters_before_since_network_volume(docker: DockerCLI) -> None:
+    docker("create", "--name", "first", "busybox", "true")
+    docker("create", "--name", "second", "-v", "vol1:/data", "busybox", "true")
+    docker("create", "--name", "third", "--network", "host", "busybox", "true")
+
+    def names(*filters: str) -> list[str]:
+        argv = ["ps", "-a", "--format", "{{.Names}}"]
+        for f in filters:
+            argv += ["--filter", f]
+        return sorted(docker(*argv).stdout.split())
+
+    assert names("before=third") == ["first", "second"]
+    assert names("since=first") == ["second", "third"]
+    assert names("volume=vol1") == names("volume=/data") == ["second"]
+    assert names("network=host") == ["third"]
+    bad = docker("ps", "--filter", "colour=red", check=False)
+    assert bad.returncode != 0 and "Invalid filter 'colour'" in bad.stderr
