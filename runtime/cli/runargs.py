@@ -29,6 +29,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     a("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
       help="bind mount a host path or a named volume")
     a("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs")
+    a("--mount", action="append", default=[], metavar="type=bind,source=S,target=T[,readonly]",
+      help="attach a bind, volume or tmpfs mount (Docker's --mount syntax)")
+    a("--label-file", action="append", default=[], metavar="FILE", help="read KEY=VALUE labels")
+    a("--userns", choices=("host", ""), help="host: no user namespace for this container")
     a("-w", "--workdir", help="working directory inside the container")
     a("-u", "--user", help="user[:group] to run as (name or id)")
     a("-h", "--hostname", help="container host name")
@@ -83,17 +87,23 @@ def parse_restart(text: str) -> dict[str, Any]:
     return {"Name": "" if name == "no" else name, "MaximumRetryCount": retries}
 
 
+def read_lines(files: list[str]) -> list[str]:
+    """The KEY=VALUE lines of --env-file/--label-file files (blank and # lines skipped)."""
+    out: list[str] = []
+    for f in files:
+        try:
+            with open(f) as kv_file:
+                lines = kv_file.read().splitlines()
+        except OSError as e:
+            raise UsageError(f"cannot read {f}: {e.strerror}") from e
+        out += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    return out
+
+
 def parse_env(items: list[str], files: list[str],
               environ: Mapping[str, str] = os.environ) -> list[str]:
     env: list[str] = []
-    for f in files:
-        try:
-            with open(f) as env_file:
-                lines = env_file.read().splitlines()
-        except OSError as e:
-            raise UsageError(f"cannot read env file {f}: {e.strerror}") from e
-        items = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")] \
-            + items
+    items = read_lines(files) + items
     for item in items:
         if "=" in item:
             env.append(item)
@@ -128,6 +138,25 @@ def parse_port(spec: str) -> tuple[str, dict[str, str] | None]:
     if host_port is None:
         return key, {"HostIp": "", "HostPort": ""}
     return key, {"HostIp": host_ip, "HostPort": host_port}
+
+
+def parse_mount(spec: str) -> dict[str, Any]:
+    """--mount type=bind,source=/a,target=/b,readonly -> a HostConfig.Mounts entry."""
+    fields: dict[str, str] = {}
+    for item in spec.split(","):
+        key, sep, value = item.partition("=")
+        fields[key.strip().lower()] = value if sep else "true"
+    kind = fields.pop("type", "volume")
+    target = fields.pop("target", "") or fields.pop("destination", "") or fields.pop("dst", "")
+    source = fields.pop("source", "") or fields.pop("src", "")
+    readonly = (fields.pop("readonly", "") or fields.pop("ro", "")).lower() in ("true", "1")
+    if kind not in ("bind", "volume", "tmpfs"):
+        raise UsageError(f"invalid --mount {spec!r}: type must be bind, volume or tmpfs")
+    if not target:
+        raise UsageError(f"invalid --mount {spec!r}: target is required")
+    if kind == "bind" and not source:
+        raise UsageError(f"invalid --mount {spec!r}: a bind needs a source")
+    return {"Type": kind, "Source": source, "Target": target, "ReadOnly": readonly}
 
 
 def parse_ulimit(spec: str) -> dict[str, Any]:
@@ -184,6 +213,8 @@ def create_body(args: argparse.Namespace,
         "SecurityOpt": args.security_opt or None,
         "Ulimits": [parse_ulimit(u) for u in args.ulimit] or None,
         "Tmpfs": {t.partition(":")[0]: t.partition(":")[2] for t in args.tmpfs} or None,
+        "Mounts": [parse_mount(m) for m in args.mount] or None,
+        "UsernsMode": args.userns or None,
     }
     if args.network:
         host_config["NetworkMode"] = args.network
@@ -220,7 +251,7 @@ def create_body(args: argparse.Namespace,
         "AttachStdin": interactive and not detached,
         "AttachStdout": not detached,
         "AttachStderr": not detached,
-        "Labels": parse_key_values(args.label, "label"),
+        "Labels": parse_key_values(read_lines(args.label_file) + args.label, "label"),
         "ExposedPorts": exposed or None,
         "Volumes": volumes or None,
         "HostConfig": {k: v for k, v in host_config.items() if v is not None},
