@@ -21,7 +21,7 @@ from runtime.api.filters import query_bool, query_int, request_filters
 from runtime.api.routes import RouteTable
 from runtime.container.errors import NoSuchContainer, NotRunning
 from runtime.container.manager import ContainerManager
-from runtime.container.state import WaitCondition
+from runtime.container.state import Status, WaitCondition
 from runtime.store.containers import ContainerRecord
 
 CONTAINER_FILTERS = ("name", "id", "status", "label", "ancestor", "exited", "before", "since",
@@ -285,8 +285,12 @@ async def rename(request: web.Request) -> web.StreamResponse:
 
 
 async def delete(request: web.Request) -> web.StreamResponse:
-    await manager(request).remove(ref(request), force=query_bool(request, "force"),
-                                  volumes=query_bool(request, "v"))
+    mgr, force = manager(request), query_bool(request, "force")
+    c = mgr.get(ref(request))
+    if c.state.status is Status.PAUSED and not force:
+        raise ApiConflict(f"You cannot remove a paused container {c.id}. Unpause and then "
+                          f"stop the container before attempting removal or force remove")
+    await mgr.remove(c.id, force=force, volumes=query_bool(request, "v"))
     return no_content()
 
 

@@ -19,6 +19,7 @@ from runtime.api.streams import _feed_fd, frame, set_winsize, size_params
 from runtime.container.errors import ContainerError
 from runtime.container.exec import ExecSession, close_stdin
 from runtime.container.spec import ExecRequest
+from runtime.container.state import Status
 
 log = logging.getLogger("berth.api")
 
@@ -40,7 +41,10 @@ def exec_request(body: Any) -> ExecRequest:
 
 async def create(request: web.Request) -> web.StreamResponse:
     body = await json_body(request)
-    exec_id = await manager(request).exec_create(request.match_info["id"], exec_request(body))
+    mgr, ref = manager(request), request.match_info["id"]
+    if mgr.get(ref).state.status is Status.PAUSED:
+        raise Conflict(f"Container {ref} is paused, unpause the container before exec")
+    exec_id = await mgr.exec_create(ref, exec_request(body))
     return web.json_response({"Id": exec_id}, status=201)
 
 

@@ -353,3 +353,17 @@ def test_ps_filters_before_since_network_volume(docker: DockerCLI) -> None:
     assert names("network=host") == ["third"]
     bad = docker("ps", "--filter", "colour=red", check=False)
     assert bad.returncode != 0 and "Invalid filter 'colour'" in bad.stderr
+
+
+def test_a_paused_container_refuses_exec_and_rm_in_dockers_words(docker: DockerCLI) -> None:
+    cid = docker("run", "-d", "--name", "frozen", "busybox", "sleep", "300").stdout.strip()
+    docker("pause", "frozen")
+    ex = docker("exec", "frozen", "true", check=False)
+    assert ex.returncode != 0
+    assert "Container frozen is paused, unpause the container before exec" in ex.stderr
+    rm = docker("rm", "frozen", check=False)
+    assert rm.returncode != 0
+    assert (f"You cannot remove a paused container {cid}. Unpause and then stop the "
+            "container before attempting removal or force remove") in rm.stderr
+    assert docker("stop", "-t", "1", "frozen").stdout == "frozen\n"    # stop thaws and kills
+    assert docker("wait", "frozen").stdout == "137\n"
