@@ -294,9 +294,39 @@ async def delete(request: web.Request) -> web.StreamResponse:
     return no_content()
 
 
+def _labels_match(labels: dict[str, str], wanted: list[str], negated: list[str]) -> bool:
+    """dockerd's label= (all must match) and label!= (none may match): KEY or KEY=VALUE."""
+    def has(spec: str) -> bool:
+        key, sep, value = spec.partition("=")
+        return key in labels and (not sep or labels[key] == value)
+
+    return all(has(w) for w in wanted) and not any(has(n) for n in negated)
+
+
 async def prune(request: web.Request) -> web.StreamResponse:
-    request_filters(request, ("until", "label"))  # refuse unknown keys like Docker
-    gone = await manager(request).prune()
+    from runtime.store.views import parse_timestamp
+
+    f = request_filters(request, ("until", "label", "label!"))  # others refused, as dockerd
+    try:
+        until = min((parse_timestamp(u) for u in f.get("until", [])), default=None)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    mgr = manager(request)
+    if not f:
+        gone = await mgr.prune()
+    else:
+        gone = []
+        for rec in mgr.list(all=True):
+            if rec.state.status.has_process or rec.state.status is Status.RESTARTING:
+                continue
+            if until is not None and rec.created >= until:
+                continue
+            if not _labels_match(dict(rec.spec.labels), f.get("label", []),
+                                 f.get("label!", [])):
+                continue
+            await mgr.remove(rec.id, force=False, volumes=False)
+            gone.append(rec.id)
+    backend(request).publish("container", "prune", "", {"reclaimed": "0"})
     return web.json_response({"ContainersDeleted": gone or None, "SpaceReclaimed": 0})
 
 

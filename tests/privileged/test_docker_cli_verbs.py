@@ -367,3 +367,15 @@ def test_a_paused_container_refuses_exec_and_rm_in_dockers_words(docker: DockerC
             "container before attempting removal or force remove") in rm.stderr
     assert docker("stop", "-t", "1", "frozen").stdout == "frozen\n"    # stop thaws and kills
     assert docker("wait", "frozen").stdout == "137\n"
+
+
+def test_container_prune_filters(docker: DockerCLI) -> None:
+    keep = docker("create", "--name", "keep", "-l", "keep=1", "busybox", "true").stdout.strip()
+    drop = docker("create", "--name", "drop", "busybox", "true").stdout.strip()
+    assert docker("container", "prune", "-f", "--filter", "until=1h").stdout == \
+        "Total reclaimed space: 0B\n"                   # both are younger than an hour
+    out = docker("container", "prune", "-f", "--filter", "label!=keep=1").stdout
+    assert drop in out and keep not in out
+    out = docker("container", "prune", "-f", "--filter", "label=keep").stdout
+    assert keep in out
+    assert docker("ps", "-aq").stdout == ""
