@@ -75,11 +75,12 @@ def _wanted(v: VolumeInfo, f: dict[str, list[str]], in_use: bool) -> bool:
     dangling = bool_filter(f, "dangling")
     if dangling is not None and dangling == in_use:
         return False
-    for label in f.get("label", []):
+    def has(label: str) -> bool:
         key, sep, value = label.partition("=")
-        if key not in v.labels or (sep and v.labels[key] != value):
-            return False
-    return True
+        return key in v.labels and (not sep or v.labels[key] == value)
+
+    return all(has(x) for x in f.get("label", [])) and \
+        not any(has(x) for x in f.get("label!", []))
 
 
 async def list_volumes(request: web.Request) -> web.StreamResponse:
@@ -116,14 +117,14 @@ async def delete(request: web.Request) -> web.StreamResponse:
 
 async def prune(request: web.Request) -> web.StreamResponse:
     mgr = manager(request)
-    f = request_filters(request, ("label", "all"))
+    f = request_filters(request, ("label", "label!", "all"))
     everything = bool_filter(f, "all") or False
     used = users(mgr)
     deleted, reclaimed = [], 0
     for v in mgr.volumes.list():
         if str(v.mountpoint) in used or not (everything or v.anonymous):
             continue
-        if not _wanted(v, {"label": f.get("label", [])}, False):
+        if not _wanted(v, {k: f.get(k, []) for k in ("label", "label!")}, False):
             continue
         reclaimed += _size(v)
         mgr.volumes.remove(v.name)

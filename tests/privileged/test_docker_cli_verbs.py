@@ -379,3 +379,11 @@ def test_container_prune_filters(docker: DockerCLI) -> None:
     out = docker("container", "prune", "-f", "--filter", "label=keep").stdout
     assert keep in out
     assert docker("ps", "-aq").stdout == ""
+
+
+def test_volume_prune_label_filters(docker: DockerCLI) -> None:
+    docker("volume", "create", "--label", "keep=1", "kept")
+    docker("volume", "create", "spare")
+    out = docker("volume", "prune", "-a", "-f", "--filter", "label!=keep=1").stdout
+    assert "spare" in out and "kept" not in out
+    assert docker("volume", "ls", "-q").stdout.split() == ["kept"]
