@@ -178,7 +178,8 @@ def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
     for name in args.names:
         for kind in kinds:
             try:
-                found.append(ctx.client.get(paths[kind].format(quote_id(name))))
+                params = {"size": 1} if args.size and kind == "container" else None
+                found.append(ctx.client.get(paths[kind].format(quote_id(name)), params))
                 break
             except DaemonError as e:
                 if e.status != 404:
@@ -332,6 +333,8 @@ def register(sub: Any) -> None:
     p = add_verb(sub, "inspect", cmd_inspect, "Low-level information on objects as JSON")
     p.add_argument("-f", "--format", help="Go-template subset, e.g. '{{.State.Status}}'")
     p.add_argument("--type", choices=("container", "image", "volume"), help="object kind")
+    p.add_argument("-s", "--size", action="store_true",
+                   help="a container's SizeRw and SizeRootFs")
     p.add_argument("--provenance", action="store_true",
                    help="an image's build provenance: the local record, or with --key the "
                         "attestations in its registry that verify")

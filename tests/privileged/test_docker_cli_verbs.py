@@ -315,6 +315,8 @@ def test_sizes_in_ps_and_inspect(docker: DockerCLI) -> None:
     assert docker("inspect", "-s", "-f", "{{.SizeRw}} {{.SizeRootFs}}", "writer").stdout == \
         f"100000 {100000 + image}\n"
     assert docker("ps", "-s", "--format", "{{.Size}}").stdout.startswith("100kB (virtual ")
+    assert docker.daemon.berth("inspect", "-s", "-f", "{{.SizeRw}}", "writer").stdout == \
+        "100000\n"
 
 
 def test_clients_that_leave_early_leave_no_traceback(docker: DockerCLI) -> None:
