@@ -229,25 +229,30 @@ class JournalLog:
                         str(rec.get("MESSAGE", "")).encode() + b"\n")
 
     async def read(self, opts: LogOptions, alive: Callable[[], bool]) -> AsyncIterator[LogEntry]:
-        r = self._reader(opts)
-        entries = [self._entry(rec) for rec in r]
-        entries = [e for e in entries if opts.wants(e)]
-        if opts.tail is not None:
-            entries = entries[-opts.tail:] if opts.tail > 0 else []
-        for e in entries:
-            yield e
-        while opts.follow:
-            r.wait(0)  # let the reader see journal files that grew or rotated
-            for rec in r:
-                e = self._entry(rec)
-                if opts.until_ns is not None and e.time_ns > opts.until_ns:
+        def backlog() -> tuple[Any, list[LogEntry]]:
+            # A long journal takes a while to read: not on the daemon's event loop.
+            r = self._reader(opts)
+            return r, [e for e in (self._entry(rec) for rec in r) if opts.wants(e)]
+
+        r, entries = await asyncio.to_thread(backlog)
+        try:
+            if opts.tail is not None:
+                entries = entries[-opts.tail:] if opts.tail > 0 else []
+            for e in entries:
+                yield e
+            while opts.follow:
+                r.wait(0)  # let the reader see journal files that grew or rotated
+                for rec in r:
+                    e = self._entry(rec)
+                    if opts.until_ns is not None and e.time_ns > opts.until_ns:
+                        return
+                    if opts.wants(e):
+                        yield e
+                if not alive():
                     return
-                if opts.wants(e):
-                    yield e
-            if not alive():
-                return
-            await asyncio.sleep(FOLLOW_POLL)
-        r.close()
+                await asyncio.sleep(FOLLOW_POLL)
+        finally:
+            r.close()
 
     def close(self) -> None:
         pass
