@@ -9,6 +9,7 @@ status from the wait.
 from __future__ import annotations
 
 import argparse
+import threading
 from typing import Any
 
 from runtime.cli import streams
@@ -86,10 +87,15 @@ def attach_and_wait(ctx: Context, cid: str, *, tty: bool, stdin: bool,
         if tty:
             streams.follow_resizes(
                 lambda h, w: client.call("POST", f"{path}/resize", {"h": h, "w": w}).read())
+        detached = threading.Event()
         with streams.raw_terminal(tty and stdin):
             if stdin:
-                streams.pump_stdin(conn)
+                streams.pump_stdin(conn, detached if tty else None)
             streams.copy_output(conn, tty)
+        if detached.is_set():
+            # ctrl-p ctrl-q: the container runs on, as after the docker CLI's detach.
+            streams.write_out(streams.STDERR, b"read escape sequence\n")
+            return 0
         result = wait.json() or {}
     finally:
         conn.close()
@@ -179,10 +185,14 @@ def cmd_exec(args: argparse.Namespace, ctx: Context) -> int:
         if args.tty:
             streams.follow_resizes(lambda h, w: client.call(
                 "POST", f"/exec/{exec_id}/resize", {"h": h, "w": w}).read())
+        detached = threading.Event()
         with streams.raw_terminal(args.tty and args.interactive):
             if args.interactive:
-                streams.pump_stdin(conn)
+                streams.pump_stdin(conn, detached if args.tty else None)
             streams.copy_output(conn, args.tty)
+        if detached.is_set():
+            streams.write_out(streams.STDERR, b"read escape sequence\n")
+            return 0
     finally:
         conn.close()
     code = client.get(f"/exec/{exec_id}/json").get("ExitCode")

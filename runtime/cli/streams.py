@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -82,18 +83,58 @@ def copy_output(conn: Hijacked, tty: bool) -> None:
         write_out(stream, payload)
 
 
-def pump_stdin(conn: Hijacked) -> threading.Thread:
-    """Copy our stdin to the container in a thread; half-close at EOF."""
+DETACH_KEYS = b"\x10\x11"     # ctrl-p ctrl-q, the docker CLI's default
+
+
+class EscapeProxy:
+    """Finds the detach sequence in typed input, as the docker CLI's term.EscapeProxy:
+    bytes that could begin it are held back; if the sequence completes they are dropped
+    (and the session detaches), if not they are sent on with what follows."""
+
+    def __init__(self, keys: bytes = DETACH_KEYS) -> None:
+        self.keys = keys
+        self._held = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """(bytes to send now, whether the sequence was typed)."""
+        out = bytearray()
+        for byte in data:
+            held = self._held + bytes([byte])
+            if self.keys.startswith(held):
+                if held == self.keys:
+                    self._held = b""
+                    return bytes(out), True
+                self._held = held
+                continue
+            out += held
+            self._held = b""
+        return bytes(out), False
+
+
+def pump_stdin(conn: Hijacked, detached: threading.Event | None = None) -> threading.Thread:
+    """Copy our stdin to the container in a thread; half-close at EOF. With `detached`
+    (a TTY session) ctrl-p ctrl-q sets it and ends the session: the container runs on."""
 
     def run() -> None:
         fd = sys.stdin.fileno()
+        escape = EscapeProxy() if detached is not None else None
         try:
             while data := os.read(fd, 65536):
+                if escape is not None:
+                    data, detach = escape.feed(data)
+                    if data:
+                        conn.sock.sendall(data)
+                    if detach and detached is not None:
+                        detached.set()
+                        conn.sock.shutdown(socket.SHUT_RDWR)   # ends copy_output too
+                        return
+                    continue
                 conn.sock.sendall(data)
         except OSError:
             pass
         finally:
-            conn.close_write()
+            if detached is None or not detached.is_set():
+                conn.close_write()
 
     t = threading.Thread(target=run, name="stdin", daemon=True)
     t.start()

@@ -389,3 +389,30 @@ def test_volume_prune_label_filters(docker: DockerCLI) -> None:
     out = docker("volume", "prune", "-a", "-f", "--filter", "label!=keep=1").stdout
     assert "spare" in out and "kept" not in out
     assert docker("volume", "ls", "-q").stdout.split() == ["kept"]
+
+
+@pytest.mark.parametrize("client", ["berth", "docker"])
+def test_ctrl_p_ctrl_q_detaches_and_the_container_runs_on(docker: DockerCLI,
+                                                          client: str) -> None:
+    from tests.privileged.berthd import BERTH, ROOT
+
+    argv = [*BERTH] if client == "berth" else [DOCKER]
+    cmd = " ".join([*argv, "-H", docker.daemon.host, "run", "-it", "--name", "stay",
+                    "busybox", "sh"])
+    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, cwd=ROOT,
+                            env={"PATH": "/usr/bin:/bin", "TERM": "dumb",
+                                 "DOCKER_CONFIG": str(docker.daemon.data_root / "cli")})
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        read_until(proc.stdout, b"# ")
+        proc.stdin.write(b"echo $((6*7))\n")
+        proc.stdin.flush()
+        read_until(proc.stdout, b"42")
+        proc.stdin.write(b"\x10\x11")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    assert state(docker, "stay")["Running"] is True
+    docker("rm", "-f", "stay")

@@ -43,3 +43,14 @@ def test_mount_label_file_userns(tmp_path: Path) -> None:
 def test_bad_mounts_are_refused_before_the_daemon(spec: str) -> None:
     with pytest.raises(UsageError):
         body("--mount", spec, "busybox")
+
+
+def test_detach_keys_are_found_across_reads_and_held_back_only_while_they_may_match() -> None:
+    from runtime.cli.streams import EscapeProxy
+
+    p = EscapeProxy()
+    assert p.feed(b"ls\r") == (b"ls\r", False)
+    assert p.feed(b"a\x10") == (b"a", False)         # ctrl-p held: it may begin the sequence
+    assert p.feed(b"x") == (b"\x10x", False)         # it did not: sent on with what follows
+    assert p.feed(b"\x10") == (b"", False)
+    assert p.feed(b"\x11rest") == (b"", True)        # ctrl-p ctrl-q: detach, keys not sent
