@@ -131,11 +131,21 @@ async def list_images(request: web.Request) -> web.StreamResponse:
     return web.json_response(await asyncio.to_thread(summaries))
 
 
+# dockerd (API 1.47) gives an image's Config every field of a container config; an OCI
+# config has only those set. Clients read them unguarded (docker-py: attrs["Config"]["Env"]).
+_IMAGE_CONFIG_DEFAULTS: dict[str, Any] = {
+    "Hostname": "", "Domainname": "", "User": "", "AttachStdin": False,
+    "AttachStdout": False, "AttachStderr": False, "Tty": False, "OpenStdin": False,
+    "StdinOnce": False, "Env": None, "Cmd": None, "Image": "", "Volumes": None,
+    "WorkingDir": "", "Entrypoint": None, "OnBuild": None, "Labels": None}
+
+
 async def inspect_image(request: web.Request) -> web.StreamResponse:
     store = store_of(request)
     name = request.match_info["name"]
-    return web.json_response(await asyncio.to_thread(
-        lambda: views.inspect(store, store.get(name))))
+    doc = await asyncio.to_thread(lambda: views.inspect(store, store.get(name)))
+    doc["Config"] = {**_IMAGE_CONFIG_DEFAULTS, **(doc.get("Config") or {})}
+    return web.json_response(doc)
 
 
 async def image_history(request: web.Request) -> web.StreamResponse:

@@ -89,3 +89,11 @@ def test_sdk_prune_and_top(client: docker.DockerClient) -> None:
     assert pruned["ContainersDeleted"] == [done.id]
     assert [x.name for x in client.containers.list(all=True)] == ["alive"]
     alive.remove(force=True)
+
+
+def test_sdk_reads_an_images_config_fields_unguarded(client: docker.DockerClient) -> None:
+    # An image imported without --change has an empty OCI config; dockerd still gives
+    # every field, and scripts index them directly.
+    config = client.images.get("busybox").attrs["Config"]
+    assert config["Env"] is None and config["Entrypoint"] is None
+    assert config["WorkingDir"] == "" and config["User"] == ""
