@@ -135,6 +135,9 @@ class Container:
     # The host mount namespace may hold copies of this run's rootfs mounts (unknown
     # after a daemon restart: True); the run's teardown detaches them then.
     host_mounts: bool = True
+    # Detaching them right after a start (in a worker thread: each umount waits for an
+    # RCU grace period, which must not hold up the event loop); the teardown awaits it.
+    host_detach: asyncio.Future[None] | None = None
     listeners: set[Output] = field(default_factory=set)   # attached clients (fan-out)
 
     @property

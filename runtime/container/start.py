@@ -193,8 +193,10 @@ async def start(mgr: ContainerManager, c: Container) -> None:
                     result = await _setup_network(mgr, c, pid)
                     mgr.save(c, record_network=result)
                 pidfd = launch.finish()
-                # After the answer, not before: the host's copies of the rootfs mounts.
-                asyncio.get_running_loop().call_soon(_detach_host, c, launch)
+                # The host's copies of the rootfs mounts, off the loop: each umount waits
+                # for an RCU grace period (1-2 ms here), which would hold up the answer
+                # and the container's exit seen right after.
+                c.host_detach = mgr.spawn_task(_detach_host(c, launch))
                 if spec.tty:
                     parent_fds.append(launch.pty_master)
                 break
@@ -233,9 +235,18 @@ async def start(mgr: ContainerManager, c: Container) -> None:
     mgr.publish(c, "start")
 
 
-def _detach_host(c: Container, launch: Launch) -> None:
-    launch.detach_host()
+async def _detach_host(c: Container, launch: Launch) -> None:
+    await asyncio.to_thread(launch.detach_host)
     c.host_mounts = launch.mounted
+
+
+async def _host_detached(c: Container) -> None:
+    """Wait for the detach started after the last start, if it is still going on."""
+    task = c.host_detach
+    if task is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+        c.host_detach = None
 
 
 def output_pumps(c: Container, fds: list[int], readopted: bool = False) -> list[LogPump]:
@@ -300,6 +311,7 @@ async def teardown_run(mgr: ContainerManager, c: Container) -> None:
             log.warning("container %s: cgroup %s still busy", c.id[:12], cg.path)
             break
         await asyncio.sleep(0.01)
+    await _host_detached(c)
     if c.host_mounts:   # not already detached right after the start
         rootfs.detach_all(rootfs.host_teardown(rootfs_spec(mgr, c)), mgr.sys)
         c.host_mounts = False
@@ -366,6 +378,7 @@ async def _teardown_soon(mgr: ContainerManager, c: Container) -> None:
 
 async def settle(c: Container) -> None:
     """Wait for the teardown of the last run, if one is still going on."""
+    await _host_detached(c)
     task = c.teardown
     if task is not None:
         c.teardown = None
