@@ -86,9 +86,14 @@ class Cloner(Protocol):
 def prepare(pid: int, setup: ParentSetup, sys: Sys) -> None:
     """The parent's part between clone and "go" (spawn.py's handshake)."""
     if setup.id_map:
+        line = setup.id_map.encode()
         for name in ("uid_map", "gid_map"):
-            with open(f"/proc/{pid}/{name}", "w") as f:
-                f.write(setup.id_map)
+            # os.open: no buffered text file (its fstat, ioctl and seeks) around one write.
+            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
     if setup.host_steps:
         userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:

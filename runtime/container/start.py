@@ -189,6 +189,8 @@ async def start(mgr: ContainerManager, c: Container) -> None:
                             hold=bridged)
             pid = launch.begin()
             try:
+                # Read while the child sets up its mounts (fixed at the clone), not after.
+                start_time = proc_start_time(pid)
                 if bridged:
                     result = await _setup_network(mgr, c, pid)
                     mgr.save(c, record_network=result)
@@ -227,7 +229,7 @@ async def start(mgr: ContainerManager, c: Container) -> None:
     if spec.tty:
         c.pty_master = parent_fds[0]
     c.pumps = output_pumps(c, parent_fds)
-    mgr.save(c, status=Status.RUNNING, pid=pid, pid_start_time=proc_start_time(pid),
+    mgr.save(c, status=Status.RUNNING, pid=pid, pid_start_time=start_time,
              started_at=time.time(), exit_code=0, error="", oom_killed=False,
              stopped_by_user=False)
     watch_exit(pidfd, lambda: on_exit(mgr, c))
@@ -422,4 +424,5 @@ async def _restart_later(mgr: ContainerManager, c: Container, delay: float) -> N
                 mgr.save(c, status=Status.EXITED)
                 c.stopped.set()
             return
-    mgr.publish(c, "restart")
+    # No `restart` event here: dockerd's policy restarts show as die, start (the `restart`
+    # event belongs to the restart verb).
