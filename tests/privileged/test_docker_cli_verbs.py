@@ -155,6 +155,10 @@ def test_restart_policy_prune_and_image_save_load(docker: DockerCLI,
                and json.loads(docker("inspect", "flaky").stdout)[0]["RestartCount"] == 2,
                "two restarts, then exited")
     assert state(docker, "flaky")["ExitCode"] == 3
+    # dockerd's events for policy restarts: die, start, die, start, die (no `restart`)
+    got = docker("events", "--since", "0", "--until", str(int(time.time()) + 1),
+                 "--filter", "container=flaky", "--format", "{{.Action}}").stdout.split()
+    assert got == ["create", "start", "die", "start", "die", "start", "die"], got
     flaky = docker("inspect", "-f", "{{.Id}}", "flaky").stdout.strip()
     docker("run", "-d", "--name", "alive", "busybox", "sleep", "300")
     pruned = docker("container", "prune", "-f").stdout
