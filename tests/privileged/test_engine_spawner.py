@@ -154,8 +154,14 @@ def test_no_rootfs_mount_stays_in_the_host_namespace_while_a_container_runs(
     async def scenario(m: ContainerManager) -> None:
         rec = await m.create(CreateRequest(image=IMAGE, cmd=("sh", "-c", "ls /bin/sh; sleep 1000")))
         await m.start(rec.id)
-        await asyncio.sleep(0.05)   # the detach runs right after the start's answer
+        # The detach runs in a worker thread right after the start's answer (each
+        # umount waits for an RCU grace period: longer on a loaded host).
+        for _ in range(200):
+            if not mountinfo_under(env.root, env.exec_root):
+                break
+            await asyncio.sleep(0.025)
         assert mountinfo_under(env.root, env.exec_root) == []
+        assert m.inspect(rec.id).state.status is Status.RUNNING
         for _ in range(100):
             if await output(m, rec.id):
                 break
