@@ -96,7 +96,7 @@ def test_run_of_a_missing_command(docker: DockerCLI) -> None:
 
 def test_logs_since_until_tail_timestamps_and_follow(docker: DockerCLI) -> None:
     docker("run", "-d", "--name", "lg", "busybox", "sh", "-c",
-           "echo one; echo two >&2; sleep 2; echo three; echo four")
+           "echo one; echo two >&2; sleep 3; echo three; echo four")
     follow = subprocess.Popen([DOCKER, "-H", docker.daemon.host, "logs", "-f", "lg"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={"PATH": "/usr/bin:/bin",

@@ -60,7 +60,7 @@ def test_sdk_create_start_kill_restart_remove(client: docker.DockerClient) -> No
 
 def test_sdk_logs_and_attach(client: docker.DockerClient) -> None:
     c = client.containers.run("busybox", ["sh", "-c",
-                                          "echo one; sleep 2; echo two; echo three"],
+                                          "echo one; sleep 3; echo two; echo three"],
                               detach=True, name="talk")
     deadline = time.monotonic() + 20
     while c.logs() != b"one\n":
