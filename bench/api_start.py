@@ -5,7 +5,10 @@
    registered before the start), as a client of the unix socket, against
    `crun run` of the same rootfs and command (crun creates, starts, waits
    and deletes), each timed per run. crun runs as MACHINE-NOTES says: in a
-   private mount namespace with the unified cgroup.controllers hidden.
+   private mount namespace with the unified cgroup.controllers hidden. The
+   target ratio is against bare `crun spec`'s bundle; a second crun row adds
+   berth's default isolation (user namespace, Docker's seccomp allow-list),
+   for what the same isolation costs crun.
 2. CLI: `berth run --rm busybox true` end to end (a new CLI process each
    time) against `podman run --rm` and `docker run --rm` (Debian's dockerd
    with a private data root in the same namespace), all `--network none`.
@@ -194,6 +197,46 @@ def crun_bundle(work: Path, rootfs_tar: Path) -> Path:
     return bundle
 
 
+CRUN_UID_BASE = 1_500_000_000   # the isolated crun side's mapped root (unused by berthd)
+
+
+def crun_isolated_bundle(work: Path, bundle: Path) -> Path:
+    """The same bundle with berth's default isolation, which bare `crun spec` lacks: a
+    user namespace (container root mapped to an unprivileged range) and Docker's
+    default seccomp allow-list (runtime/seccomp.py's rules for the default
+    capabilities, in OCI form). crun compiles its filter at every run; berthd
+    compiles it once."""
+    from runtime import seccomp
+    from runtime.container import caps
+
+    out = work / "bundle-isolated"
+    out.mkdir()
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["root"]["path"] = str(bundle / "rootfs")
+    cfg["linux"]["namespaces"].append({"type": "user"})
+    mapping = [{"containerID": 0, "hostID": CRUN_UID_BASE, "size": 65536}]
+    cfg["linux"]["uidMappings"] = cfg["linux"]["gidMappings"] = mapping
+    default_caps = caps.resolve((), ())
+    allowed = set(seccomp.DEFAULT_ALLOW)
+    for cap, calls in seccomp.CAP_GATED.items():
+        if cap in default_caps:
+            allowed.update(calls)
+    allowed.discard("clone")
+    cfg["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": sorted(allowed), "action": "SCMP_ACT_ALLOW"},
+            # moby: clone without namespace flags only; clone3 -> ENOSYS (glibc falls back)
+            {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": 0x7E020000, "valueTwo": 0,
+                       "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": list(seccomp.ENOSYS_UNLESS_SYS_ADMIN), "action": "SCMP_ACT_ERRNO",
+             "errnoRet": 38}]}
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
 def crun_times(work: Path, bundle: Path, runs: int, warmup: int) -> list[float]:
     # The timing loop runs inside the private mount namespace, so only `crun run`
     # itself is timed, not the unshare around it.
@@ -268,14 +311,19 @@ def main(args: argparse.Namespace) -> int:
             print("1. through the API from a warm daemon vs crun run")
             start = ApiStart(sock)
             bundle = crun_bundle(work, tar)
+            isolated = crun_isolated_bundle(work, bundle)
             first = interleaved({
                 "berthd API create+start+exit": lambda n: timed(start, n, args.warmup),
                 "crun run": lambda n: crun_times(work, bundle, n, args.warmup),
+                "crun run, userns+seccomp": lambda n: crun_times(work, isolated, n,
+                                                                 args.warmup),
             }, args.runs)
             start.cleanup()
-            api, crun = first.values()
+            api, crun, crun_iso = first.values()
             print(f"  ratio berth/crun: {api / crun:.2f} (target <= 1.0); load average "
                   f"{os.getloadavg()[0]:.1f}")
+            print(f"  ratio berth/crun with berth's isolation (user namespace, Docker's "
+                  f"seccomp allow-list): {api / crun_iso:.2f}")
 
             print("2. end to end: a new CLI process per run, --rm")
             sides: dict[str, Callable[[int], list[float]]] = {
