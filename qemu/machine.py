@@ -83,9 +83,8 @@ class Machine:
         self._shell: GuestShell | None = None
         self._ports: dict[tuple[ForwardProto, int], int] = {}
         self._boot_offset = 0
-        # Console offset when the last guest reboot was noticed (same process).
+        # Console offset at the last guest reset (same QEMU process); set by _on_reset.
         self._reset_offset: int | None = None
-        self._resets_seen = 0
         self.started_at = 0.0
         self.console = Console(self.paths.console_log, self.exit_status)
 
@@ -132,7 +131,6 @@ class Machine:
             sock.unlink(missing_ok=True)
         self._boot_offset = self.console.size()
         self._reset_offset = None
-        self._resets_seen = 0
         stack = ExitStack()
         try:
             self.started_at = time.monotonic()
@@ -156,6 +154,10 @@ class Machine:
             shell.connect()
             stack.callback(shell.close)
             self._shell = shell
+            # At the reset itself: noticed later (the next command, seconds or
+            # minutes on), the new boot's first output on ttyS1 would already
+            # count as the old boot's, and the shell would wait for more forever.
+            monitor.on_event("RESET", self._on_reset)
         except BaseException:
             stack.close()
             self._clear()
@@ -248,7 +250,6 @@ class Machine:
         Returns seconds since QEMU started; fails early if the unit failed.
         """
         deadline = time.monotonic() + timeout
-        self._notice_resets()
         if self._shell is None or not self.spec.test_shell:
             return self._wait_for_unit_on_console(unit, timeout)
         self._shell.wait_ready(timeout)
@@ -284,7 +285,6 @@ class Machine:
         """Run `cmd` (bash) as root in the guest: (exit status, stdout+stderr)."""
         if self._shell is None or not self.spec.test_shell:
             raise MachineError("the test shell is not enabled (MachineSpec.test_shell)")
-        self._notice_resets()
         return self._shell.run(cmd, timeout)
 
     def check(self, cmd: str, timeout: float = 60.0) -> str:
@@ -301,14 +301,12 @@ class Machine:
             raise MachineError(f"{self.spec.name} is not running")
         return self._monitor
 
-    def _notice_resets(self) -> None:
-        if self._monitor is None or self._shell is None:
-            return
-        count = self._monitor.event_count("RESET")
-        if count != self._resets_seen:
-            self._resets_seen = count
-            self._reset_offset = self.console.size()
-            self._shell.forget()
+    def _on_reset(self) -> None:
+        """On the monitor's thread, as the guest resets: a new boot starts here."""
+        self._reset_offset = self.console.size()
+        shell = self._shell
+        if shell is not None:
+            shell.forget()
 
     @property
     def resets(self) -> int:
@@ -323,7 +321,6 @@ class Machine:
                 f"{self.spec.name} did not reboot within {timeout:.0f} s; last console lines:\n"
                 + self.console.tail(since=self._boot_offset)
             )
-        self._notice_resets()
 
     def wait_exit(self, timeout: float | None) -> int:
         if self._proc is None:

@@ -51,6 +51,7 @@ class Monitor:
         self._client: QMPClient | None = None
         self._events: list[Mapping[str, Any]] = []
         self._cond = threading.Condition()
+        self._handlers: dict[str, list[Callable[[], None]]] = {}
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -87,7 +88,13 @@ class Monitor:
             log.debug("qmp event: %s", event.get("event"))
             with self._cond:
                 self._events.append(dict(event))
+                handlers = list(self._handlers.get(str(event.get("event")), ()))
                 self._cond.notify_all()
+            for handler in handlers:
+                try:
+                    handler()
+                except Exception:  # a broken handler must not stop event delivery
+                    log.exception("qmp event handler for %s", event.get("event"))
 
     def execute(self, cmd: str, args: Mapping[str, object] | None = None,
                 timeout: float = 30.0) -> object:
@@ -101,6 +108,15 @@ class Monitor:
     def human(self, command_line: str) -> str:
         out = self.execute("human-monitor-command", {"command-line": command_line})
         return str(out)
+
+    def on_event(self, name: str, handler: Callable[[], None]) -> None:
+        """Call `handler` on the monitor's thread as each `name` event arrives.
+
+        For state that must change at the moment of the event (a reset), not
+        when the caller next looks at the event list.
+        """
+        with self._cond:
+            self._handlers.setdefault(name, []).append(handler)
 
     def event_count(self, name: str) -> int:
         with self._cond:
