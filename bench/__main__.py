@@ -23,6 +23,7 @@ BENCHMARKS: list[str] = [
     "bench.net",
     "bench.registry",
     "bench.update",
+    "bench.update_vm",
 ]
 
 

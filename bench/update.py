@@ -8,8 +8,7 @@ Side by side in one run, on the host, with the real release of image B:
   hashed on the way, fsyncs).
 The ratio is what verification and crash safety cost. Also printed: the
 download size of the release against its raw size, and the publish time.
-The end-to-end time under TCG (update found -> B blessed) comes from
-tests/vm/test_update.py, which prints it.
+The end-to-end time under TCG (update found -> B blessed) is bench/update_vm.py.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image-a", type=Path, default=ROOT / "build" / "image-upd-a")
+    p.add_argument("--image-a", type=Path, default=ROOT / "build" / "image")
     p.add_argument("--image-b", type=Path, default=ROOT / "build" / "image-b")
     p.add_argument("--rounds", type=int, default=3, help="runs of each side (median)")
 
