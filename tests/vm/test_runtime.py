@@ -24,6 +24,7 @@ from hostos.artifacts import ImageArtifacts
 from qemu.machine import Machine
 from qemu.spec import Credential
 from runtime import tls
+from runtime.cgroups.io import weight_from_blkio
 from runtime.run import run
 from tests.privileged.images import busybox_rootfs_tar
 from tests.vm.conftest import (
@@ -67,6 +68,11 @@ class Guest:
         assert pid > 0, f"{name} is not running"
         rel = self.machine.check(f"cat /proc/{pid}/cgroup").strip().split("::", 1)[1]
         return "/sys/fs/cgroup" + rel
+
+    def inspect_or_none(self, name: str) -> dict[str, Any] | None:
+        found: list[dict[str, Any]] = json.loads(
+            self.docker("inspect", name, check=False) or "[]")
+        return found[0] if found else None
 
     def read(self, path: str) -> str:
         return self.machine.check(f"cat {shlex.quote(path)}").strip()
@@ -127,7 +133,7 @@ def test_memory_hog_is_oom_killed_and_reported(guest: Guest) -> None:
 
 def test_cpus_and_memory_land_in_the_containers_cgroup(guest: Guest) -> None:
     guest.docker("run", "-d", "--name", "limited", "--cpus", "0.5", "--memory", "32m",
-                 "--pids-limit", "50", IMAGE, "sleep", "600")
+                 "--pids-limit", "50", "--blkio-weight", "300", IMAGE, "sleep", "600")
     cg = guest.cgroup_dir("limited")
     assert guest.read(f"{cg}/cpu.max") == "50000 100000"
     assert guest.read(f"{cg}/memory.max") == str(32 << 20)
@@ -137,6 +143,7 @@ def test_cpus_and_memory_land_in_the_containers_cgroup(guest: Guest) -> None:
     host_config = guest.inspect("limited")["HostConfig"]
     assert (host_config["Memory"], host_config["MemorySwap"]) == (32 << 20, 64 << 20)
     assert guest.read(f"{cg}/pids.max") == "50"
+    assert guest.read(f"{cg}/io.weight").splitlines()[0] == f"default {weight_from_blkio(300)}"
     # The container sees its own limits through its cgroup namespace.
     inside = guest.docker("exec", "limited", "cat", "/sys/fs/cgroup/memory.max",
                           "/sys/fs/cgroup/cpu.max")
@@ -199,9 +206,54 @@ def test_logs_land_in_the_journal_and_read_back(guest: Guest) -> None:
     assert both.stdout.split() == ["out-line-1", "out-line-2"], both
     assert both.stderr.split() == ["err-line-1"], both
     assert guest.docker("logs", "--tail", "1", "talker").split() == ["out-line-2"]
+    # -t, --since and --until read the journal too (the times are the driver's own).
+    stamped: dict[str, str] = {}
+    for line in guest.docker("logs", "-t", "talker").splitlines():
+        when, message = line.split(" ", 1)
+        stamped[message] = when
+    assert set(stamped) == {"out-line-1", "out-line-2"}, stamped
+    late = guest.docker("logs", "--since", stamped["out-line-2"], "talker")
+    assert late.split() == ["out-line-2"], late
+    early = run([*docker_cli_argv(guest.machine.api_port, guest.files), "logs", "--until",
+                 stamped["out-line-1"], "talker"], env=guest.env, timeout=60)
+    assert (early.stdout.split(), early.stderr.split()) == (["out-line-1"], []), early
+
+
+# --- the live oom event ----------------------------------------------------------
+
+
+def test_oom_event_comes_when_the_kernel_kills_not_at_exit(guest: Guest) -> None:
+    since = guest_now(guest) - 1
+    # A child hogs memory and is OOM-killed; the container's main process lives on.
+    guest.docker("run", "-d", "--name", "survivor", "--memory", "16m", IMAGE, "sh", "-c",
+                 "sh -c 'x=0123456789abcdef; while :; do x=$x$x; done'; "
+                 "echo child-gone; exec sleep 600")
+    deadline = time.monotonic() + 300
+    while "child-gone" not in guest.docker("logs", "survivor"):
+        assert time.monotonic() < deadline, "the hog was not OOM-killed"
+        time.sleep(1)
+    got = events(guest, since, "container=survivor", "event=oom")
+    assert [e["Action"] for e in got] == ["oom"], got
+    assert guest.inspect("survivor")["State"]["Running"] is True
+    guest.docker("rm", "-f", "survivor")
 
 
 # --- declarative containers (reboots the machine: keep last) ------------------------
+
+
+def test_declared_container_starts_once_its_image_arrives(guest: Guest) -> None:
+    # Provisioning declared it before the image was in the store (the fixture imports
+    # it after boot): the reconciler waited, logged why, and started it on the import.
+    deadline = time.monotonic() + 120
+    while not guest.inspect_or_none(DECLARED):
+        assert time.monotonic() < deadline, "not created after the image arrived"
+        time.sleep(1)
+    log = guest.machine.check("journalctl -b 0 -u berthd --no-pager -o cat")
+    assert f"declarative: {DECLARED}: image {IMAGE} not found" in log, log[-3000:]
+    deadline = time.monotonic() + 60
+    while not guest.inspect(DECLARED)["State"]["Running"]:
+        assert time.monotonic() < deadline, guest.inspect(DECLARED)["State"]
+        time.sleep(1)
 
 
 def test_declared_container_starts_on_boot(guest: Guest) -> None:
@@ -209,7 +261,7 @@ def test_declared_container_starts_on_boot(guest: Guest) -> None:
     # Provisioning put the file in place before berthd started.
     declared = m.check(f"cat /etc/berth/containers.d/{DECLARED}.toml")
     assert f'image = "{IMAGE}"' in declared
-    # The image arrived after that first start; the next boot runs the container.
+    # The container runs from its file again after a reboot.
     # Flushed, then the power is cut: a clean shutdown costs minutes under TCG
     # and is not what this test is about.
     m.check("sync")
