@@ -28,11 +28,13 @@ def test_pump_splits_lines_keeps_partials_and_flushes_at_eof() -> None:
         got = Collect()
         done = asyncio.Event()
         LogPump(r, "stderr", got, on_eof=done.set)  # type: ignore[arg-type]
-        os.write(w, b"one\ntw")
+        # Written from a thread: when the machine's pipe quota is spent a pipe
+        # holds one page, and a blocking write on the loop would starve the pump.
+        await asyncio.to_thread(os.write, w, b"one\ntw")
         await asyncio.sleep(0.05)
-        os.write(w, b"o\n" + b"x" * (MAX_LINE + 10))
+        await asyncio.to_thread(os.write, w, b"o\n" + b"x" * (MAX_LINE + 10))
         await asyncio.sleep(0.05)
-        os.write(w, b"\nlast-without-newline")
+        await asyncio.to_thread(os.write, w, b"\nlast-without-newline")
         os.close(w)
         await asyncio.wait_for(done.wait(), 5)
         assert {e.stream for e in got.entries} == {"stderr"}
