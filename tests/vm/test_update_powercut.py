@@ -43,10 +43,10 @@ pytestmark = pytest.mark.rollout
 
 CUTS = 2
 # Seconds after starting the apply. Under TCG the agent starts in ~3 s,
-# downloads and verifies ~90 MB in ~5 s, writes the slot in ~25 s and
-# reboots ~35 s in: the window spans check, download, write, staging and the
-# start of the reboot (a cut that comes after it still tests the next boot).
-CUT_WINDOW = (3.0, 40.0)
+# downloads and verifies ~90 MB in ~5 s, writes the slot in ~20-25 s and
+# reboots 25-35 s in: the window spans check, download, write and staging
+# (a cut that comes after the reboot still tests the next boot).
+CUT_WINDOW = (2.0, 24.0)
 
 
 @pytest.fixture(scope="module")
