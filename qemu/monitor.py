@@ -87,14 +87,15 @@ class Monitor:
         async for event in self._client.events:
             log.debug("qmp event: %s", event.get("event"))
             with self._cond:
+                # Handlers run before waiters see the event: whoever wakes up
+                # on it (wait_event) finds their effect already done.
+                for handler in self._handlers.get(str(event.get("event")), ()):
+                    try:
+                        handler()
+                    except Exception:  # a broken handler must not stop event delivery
+                        log.exception("qmp event handler for %s", event.get("event"))
                 self._events.append(dict(event))
-                handlers = list(self._handlers.get(str(event.get("event")), ()))
                 self._cond.notify_all()
-            for handler in handlers:
-                try:
-                    handler()
-                except Exception:  # a broken handler must not stop event delivery
-                    log.exception("qmp event handler for %s", event.get("event"))
 
     def execute(self, cmd: str, args: Mapping[str, object] | None = None,
                 timeout: float = 30.0) -> object:
@@ -110,7 +111,9 @@ class Monitor:
         return str(out)
 
     def on_event(self, name: str, handler: Callable[[], None]) -> None:
-        """Call `handler` on the monitor's thread as each `name` event arrives.
+        """Call `handler` on the monitor's thread as each `name` event arrives,
+        before wait_event/event_count see it (so it must be quick and must not
+        call back into the monitor).
 
         For state that must change at the moment of the event (a reset), not
         when the caller next looks at the event list.
