@@ -14,8 +14,8 @@ image: deps
 qemu: image
 	$(PY) -m hostos qemu
 
-# The multi-boot update and fleet scenarios (marker `rollout`) take tens of
-# minutes of TCG boots each and do not pass reliably yet: `make test-rollout`.
+# The A/B update scenarios (marker `rollout`: tests/vm/test_update*.py, 4-8 min
+# of TCG boots each) have not passed twice in a row yet: `make test-rollout`.
 test: deps image
 	$(PY) -m pytest -m "not rollout" tests
 
