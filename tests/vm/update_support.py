@@ -26,7 +26,6 @@ from typing import Any
 from hostos.artifacts import ImageArtifacts, load_image
 from hostos.build import input_hash
 from hostos.errors import HostosError
-from hostos.uki import broken_release_image as broken_release_image  # old home, re-exported
 from qemu.machine import Machine
 from runtime.run import run
 from tests.vm.conftest import IMAGE_DIR, ROOT
