@@ -5,21 +5,10 @@ the image (an image event on the daemon's bus wakes the reconciler)."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 
-from tests.privileged.berthd import berth_workdir, start_berthd
+from tests.privileged.berthd import berth_workdir, start_berthd, wait_until
 from tests.privileged.conftest import NetNS
 from tests.privileged.images import import_busybox
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not in time: {what}")
 
 
 def test_declared_container_starts_when_its_image_arrives(netns: NetNS) -> None:

@@ -9,20 +9,10 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
 
-from tests.privileged.berthd import Berthd, berth_workdir, start_berthd
+from tests.privileged.berthd import Berthd, berth_workdir, start_berthd, wait_until
 from tests.privileged.conftest import NetNS
 from tests.privileged.images import import_busybox
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not in time: {what}")
 
 
 def info(d: Berthd, name: str) -> dict[str, object]:

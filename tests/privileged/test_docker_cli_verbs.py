@@ -10,12 +10,12 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.privileged.berthd import berth_workdir, read_until, start_berthd
+from tests.privileged.berthd import berth_workdir, read_until, start_berthd, wait_until
 from tests.privileged.conftest import NetNS
 from tests.privileged.images import busybox_rootfs_tar
 from tests.privileged.test_docker_cli import DOCKER, DockerCLI
@@ -32,15 +32,6 @@ def docker_session(netns: NetNS) -> Iterator[DockerCLI]:
 def state(cli: DockerCLI, name: str) -> dict[str, object]:
     out: dict[str, object] = json.loads(cli("inspect", name).stdout)[0]["State"]
     return out
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not in time: {what}")
 
 
 def test_create_start_kill_restart_rm_and_the_state_guards(docker: DockerCLI) -> None:
