@@ -150,7 +150,8 @@ class Machine:
             self._monitor = monitor
             self._ports = parse_usernet_forwards(monitor.human("info usernet"))
             shell = GuestShell(self.paths.shell_socket, self.exit_status,
-                               self.paths.shell_log, self._boot_failure)
+                               self.paths.shell_log, self._boot_failure,
+                               boot_menu=self.spec.boot == BootMode.UEFI)
             shell.connect()
             stack.callback(shell.close)
             self._shell = shell

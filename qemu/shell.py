@@ -29,6 +29,9 @@ from pathlib import Path
 # commands are staged in a file in chunks.
 CHUNK = 3000
 PROBE_INTERVAL = 10.0
+# The kernel's EFI stub prints this to every firmware console as it starts:
+# from then on no key reaches the firmware or the boot menu.
+STUB_MARKER = b"EFI stub: "
 
 
 class ShellError(Exception):
@@ -44,8 +47,15 @@ class GuestCommandTimeout(ShellError):
 class GuestShell:
     def __init__(self, socket_path: Path, exit_status: Callable[[], int | None],
                  transcript: Path | None = None,
-                 doomed: Callable[[], str | None] = lambda: None) -> None:
-        """`doomed` says why no shell will ever answer (e.g. emergency mode), or None."""
+                 doomed: Callable[[], str | None] = lambda: None,
+                 boot_menu: bool = False) -> None:
+        """`doomed` says why no shell will ever answer (e.g. emergency mode), or None.
+
+        `boot_menu`: the firmware and systemd-boot read keys from ttyS1 too
+        (UEFI boot), so nothing is sent before the kernel's EFI stub has
+        printed: a probe typed into the boot menu stops its countdown, or
+        opens the command line editor and boots a mangled command line.
+        """
         self._path = socket_path
         self._doomed = doomed
         self._transcript = transcript
@@ -60,6 +70,9 @@ class GuestShell:
         # ttyS1 once it has written to it.
         self._received = 0
         self._received_at_boot = 0
+        self._boot_menu = boot_menu
+        self._stub_seen = False
+        self._tail = b""    # the last bytes read, for a marker split across reads
 
     def connect(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -94,6 +107,9 @@ class GuestShell:
                 else:
                     self._buf += data
                     self._received += len(data)
+                    window = self._tail + data
+                    self._stub_seen = self._stub_seen or STUB_MARKER in window
+                    self._tail = window[-len(STUB_MARKER):]
                 self._cond.notify_all()
             if not data:
                 if log is not None:
@@ -113,11 +129,25 @@ class GuestShell:
         with self._cond:
             self._ready = False
             self._received_at_boot = self._received
+            self._stub_seen = False
+            self._tail = b""
 
     def _check_doomed(self) -> None:
         reason = self._doomed()
         if reason:
             raise ShellError(f"no test shell will answer: {reason}")
+
+    def _wait_for_stub(self, deadline: float) -> bool:
+        """Wait until the kernel's EFI stub has printed since the last boot."""
+        with self._cond:
+            while not self._stub_seen:
+                if self._closed or self._exit_status() is not None:
+                    raise ShellError("QEMU exited while waiting for the kernel to start")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 3.0))
+            return True
 
     def _wait_for_output(self, after: int, deadline: float) -> bool:
         """Wait until the guest has sent more than `after` bytes in all."""
@@ -179,6 +209,8 @@ class GuestShell:
                 # input that arrives while the kernel sets the UART up loses
                 # the port for the whole boot.
                 if not self._wait_for_output(seen, deadline):
+                    break
+                if self._boot_menu and not self._wait_for_stub(deadline):
                     break
                 time.sleep(1.0)
             self._check_doomed()
