@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import re
 import secrets
 import socket
@@ -137,22 +138,14 @@ class GuestShell:
         if reason:
             raise ShellError(f"no test shell will answer: {reason}")
 
-    def _wait_for_stub(self, deadline: float) -> bool:
-        """Wait until the kernel's EFI stub has printed since the last boot."""
-        with self._cond:
-            while not self._stub_seen:
-                if self._closed or self._exit_status() is not None:
-                    raise ShellError("QEMU exited while waiting for the kernel to start")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 3.0))
-            return True
+    def _spoke_since(self, after: int) -> bool:
+        """The guest wrote to ttyS1 after `after` bytes, and (UEFI) its kernel runs."""
+        return self._received > after and (self._stub_seen or not self._boot_menu)
 
-    def _wait_for_output(self, after: int, deadline: float) -> bool:
-        """Wait until the guest has sent more than `after` bytes in all."""
+    def _wait_until(self, ready: Callable[[], bool], deadline: float) -> bool:
+        """Wait until `ready()` (checked under the lock) holds; False at the deadline."""
         with self._cond:
-            while self._received <= after:
+            while not ready():
                 if self._closed or self._exit_status() is not None:
                     raise ShellError("QEMU exited while waiting for the test shell")
                 left = deadline - time.monotonic()
@@ -208,9 +201,8 @@ class GuestShell:
                 # resets the tty for debug-shell.service, which writes to it):
                 # input that arrives while the kernel sets the UART up loses
                 # the port for the whole boot.
-                if not self._wait_for_output(seen, deadline):
-                    break
-                if self._boot_menu and not self._wait_for_stub(deadline):
+                # Under UEFI, not before the kernel's EFI stub has printed either.
+                if not self._wait_until(functools.partial(self._spoke_since, seen), deadline):
                     break
                 time.sleep(1.0)
             self._check_doomed()
