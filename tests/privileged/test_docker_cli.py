@@ -12,6 +12,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,16 @@ DOCKER = "/usr/local/bin/docker"
 class DockerCLI:
     def __init__(self, daemon: Berthd) -> None:
         self.daemon = daemon
+
+    def in_terminal(self, args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        """`docker ARGS` on a terminal (`script` gives it one), for -it and attach."""
+        cmd = f"{DOCKER} -H {self.daemon.host} {args}"
+        proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, cwd=cwd,
+                                env={"PATH": "/usr/bin:/bin", "TERM": "dumb",
+                                     "DOCKER_CONFIG": str(self.daemon.data_root / "cli")})
+        assert proc.stdin is not None and proc.stdout is not None
+        return proc
 
     def __call__(self, *args: str, check: bool = True, input: str | None = None,
                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -131,11 +142,7 @@ def test_docker_cli_events_volumes_and_images(docker: DockerCLI) -> None:
 
 def test_docker_cli_interactive_tty(docker: DockerCLI) -> None:
     # docker run -it needs a terminal: `script` gives it one; type after the prompt.
-    cmd = f"{DOCKER} -H {docker.daemon.host} run -it --rm busybox sh"
-    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE,
-                            env={"PATH": "/usr/bin:/bin", "TERM": "dumb",
-                                 "DOCKER_CONFIG": str(docker.daemon.data_root / "cli")})
+    proc = docker.in_terminal("run -it --rm busybox sh")
     assert proc.stdin is not None and proc.stdout is not None
     try:
         read_until(proc.stdout, b"# ")

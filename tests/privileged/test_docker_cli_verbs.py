@@ -119,11 +119,7 @@ def test_logs_since_until_tail_timestamps_and_follow(docker: DockerCLI) -> None:
 
 def test_attach_to_an_interactive_container(docker: DockerCLI) -> None:
     docker("run", "-dit", "--name", "shell", "busybox", "sh")
-    cmd = f"{DOCKER} -H {docker.daemon.host} attach shell"
-    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE,
-                            env={"PATH": "/usr/bin:/bin", "TERM": "dumb",
-                                 "DOCKER_CONFIG": str(docker.daemon.data_root / "cli")})
+    proc = docker.in_terminal("attach shell")
     assert proc.stdin is not None and proc.stdout is not None
     try:
         time.sleep(0.5)     # attached before typing: the first prompt was printed before
