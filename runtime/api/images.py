@@ -241,7 +241,8 @@ async def create_image(request: web.Request) -> web.StreamResponse:
     store = store_of(request)
     tag = _import_tag(q.get("repo", ""), q.get("tag", ""))
     changes = q.getall("changes", [])
-    message = q.get("message", "")
+    # dockerd's wording when no -m is given; history shows no CreatedBy for an import
+    message = q.get("message") or "Imported from -"
     async with spooled_body(request) as path:
         def do_import() -> str:
             with path.open("rb") as f:

@@ -164,11 +164,20 @@ def cmd_history(args: argparse.Namespace, ctx: Context) -> int:
         created_by = layer.get("CreatedBy", "")
         if not args.no_trunc and len(created_by) > 45:
             created_by = created_by[:44] + "…"
-        rows.append([ident, ago(layer.get("Created", 0)) if args.human else
-                     str(layer.get("Created", "")), created_by,
-                     human_size(layer.get("Size", 0)) if args.human else str(layer.get("Size")),
-                     layer.get("Comment", "")])
-    out(table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], rows))
+        created = layer.get("Created", 0)
+        # the names `docker history --format` templates use
+        rows.append({"ID": ident, "CreatedSince": ago(created) if args.human else str(created),
+                     "CreatedAt": str(created), "CreatedBy": created_by,
+                     "Size": human_size(layer.get("Size", 0)) if args.human
+                     else str(layer.get("Size")),
+                     "Comment": layer.get("Comment", "")})
+    if args.format:
+        for row in rows:
+            out(render(args.format, row))
+        return 0
+    out(table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+              [[r["ID"], r["CreatedSince"], r["CreatedBy"], r["Size"], r["Comment"]]
+               for r in rows]))
     return 0
 
 
@@ -278,6 +287,7 @@ def _register_common(sub: Any, rm_name: str = "rmi") -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only ids")
     p.add_argument("-H", "--human", action=argparse.BooleanOptionalAction, default=True,
                    help="human-readable sizes and dates (default)")
+    p.add_argument("--format", help="Go-template subset, e.g. '{{.CreatedBy}}'")
     p.add_argument("image", metavar="IMAGE")
     p = add_verb(sub, "tag", cmd_tag, "Give an image another name")
     p.add_argument("source", metavar="SOURCE_IMAGE[:TAG]")

@@ -264,7 +264,7 @@ def import_rootfs(store: ImageStore, source: BinaryIO, *, tag: str | None = None
         info = layer_from_blob(store, blob, mt)
         info = LayerInfo(info.diff_id, blob, size, mt)
         return create_image(store, base=None, layers=[info], config=config,
-                            history=[HistoryEntry(created_by="berth import", comment=message)],
+                            history=[HistoryEntry(created_by="", comment=message)],
                             tags=[tag] if tag else [], comment=message,
                             platform=(plat.os, plat.architecture))
 
