@@ -36,6 +36,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     a("-w", "--workdir", help="working directory inside the container")
     a("-u", "--user", help="user[:group] to run as (name or id)")
     a("-h", "--hostname", help="container host name")
+    a("--domainname", help="container NIS domain name")
     a("--entrypoint", help="override the image's entrypoint")
     a("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label")
     a("-m", "--memory", help="memory limit (e.g. 512m)")
@@ -264,7 +265,7 @@ def create_body(args: argparse.Namespace,
     if args.entrypoint is not None:
         body["Entrypoint"] = [args.entrypoint] if args.entrypoint else [""]
     for flag, key in (("workdir", "WorkingDir"), ("user", "User"), ("hostname", "Hostname"),
-                      ("stop_signal", "StopSignal")):
+                      ("domainname", "Domainname"), ("stop_signal", "StopSignal")):
         value = getattr(args, flag)
         if value:
             body[key] = value

@@ -41,6 +41,7 @@ class ChildPlan:
     unshare: Namespace                 # unshared after "go" (MOUNT|CGROUP for a container)
     tty: bool
     make_workdir: bool = True
+    domainname: str = ""               # the UTS NIS domain name (`--domainname`)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,8 @@ def _setup(plan: ChildPlan, fds: ChildFds, sys: Sys) -> None:
     rootfs.apply(plan.steps, sys)
     if plan.hostname:
         sys.sethostname(plan.hostname)
+    if plan.domainname:
+        sys.setdomainname(plan.domainname)
     if plan.tty:
         slave = open_console(fds.console)
         for n in (0, 1, 2):

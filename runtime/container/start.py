@@ -178,7 +178,8 @@ async def start(mgr: ContainerManager, c: Container) -> None:
             steps=tuple(rootfs.container_plan(rspec)), args=spec.args, env=env,
             user=spec.user, working_dir=spec.working_dir, hostname=spec.hostname, caps=cap_set,
             seccomp_bpf=None if spec.seccomp == "unconfined" else default_profile_bpf(cap_set),
-            userns=idmap is not None, unshare=Namespace.MOUNT | Namespace.CGROUP, tty=spec.tty)
+            userns=idmap is not None, unshare=Namespace.MOUNT | Namespace.CGROUP, tty=spec.tty,
+            domainname=c.record.request.domainname)
         bridged = spec.network_mode not in ("none", "host") and mgr.network is not None
         # One retry of a child that hung before exec (not with a network set up: the
         # provider's state belongs to the first attempt).

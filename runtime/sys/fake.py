@@ -72,3 +72,6 @@ class RecordingSys:
 
     def sethostname(self, name: str) -> None:
         self._record("sethostname", name)
+
+    def setdomainname(self, name: str) -> None:
+        self._record("setdomainname", name)

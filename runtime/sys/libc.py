@@ -58,6 +58,8 @@ _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.setns.restype = ctypes.c_int
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.sethostname.restype = ctypes.c_int
+_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.setdomainname.restype = ctypes.c_int
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong]
 _libc.prctl.restype = ctypes.c_int
@@ -191,6 +193,10 @@ class LibcSys:
     def sethostname(self, name: str) -> None:
         raw = name.encode()
         _check(_libc.sethostname(raw, len(raw)), f"sethostname {name}")
+
+    def setdomainname(self, name: str) -> None:
+        raw = name.encode()
+        _check(_libc.setdomainname(raw, len(raw)), f"setdomainname {name}")
 
 
 def clone(flags: Namespace) -> int:

@@ -231,11 +231,13 @@ def test_info_df_prune(daemon: Berthd) -> None:
 
 
 def test_run_flags_reach_the_container(daemon: Berthd) -> None:
-    r = daemon.berth("run", "--rm", "-u", "1000:1000", "-h", "myhost", "--read-only",
-                     "--network", "none", "busybox", "sh", "-c",
-                     "id -u; id -g; hostname; cat /proc/net/dev | tail -n +3 | cut -d: -f1; "
+    r = daemon.berth("run", "--rm", "-u", "1000:1000", "-h", "myhost", "--domainname",
+                     "example.org", "--read-only", "--network", "none", "busybox", "sh", "-c",
+                     "id -u; id -g; hostname; cat /proc/sys/kernel/domainname; "
+                     "cat /proc/net/dev | tail -n +3 | cut -d: -f1; "
                      "touch /x 2>/dev/null || echo read-only", check=False)
-    assert r.stdout.split() == ["1000", "1000", "myhost", "lo", "read-only"], r.stderr
+    assert r.stdout.split() == ["1000", "1000", "myhost", "example.org", "lo", "read-only"], \
+        r.stderr
 
     daemon.berth("create", "--name", "limited", "-m", "64m", "--cpus", "0.5",
                  "--pids-limit", "20", "--restart", "unless-stopped", "busybox", "true")
