@@ -27,9 +27,11 @@ class DockerCLI:
     def __init__(self, daemon: Berthd) -> None:
         self.daemon = daemon
 
-    def in_terminal(self, args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        """`docker ARGS` on a terminal (`script` gives it one), for -it and attach."""
-        cmd = f"{DOCKER} -H {self.daemon.host} {args}"
+    def in_terminal(self, args: str, cwd: Path | None = None,
+                    client: str = DOCKER) -> subprocess.Popen[bytes]:
+        """`docker ARGS` (or another CLIENT of the daemon, e.g. berth) on a terminal
+        (`script` gives it one), for -it and attach."""
+        cmd = f"{client} -H {self.daemon.host} {args}"
         proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, cwd=cwd,
                                 env={"PATH": "/usr/bin:/bin", "TERM": "dumb",

@@ -387,13 +387,8 @@ def test_ctrl_p_ctrl_q_detaches_and_the_container_runs_on(docker: DockerCLI,
                                                           client: str) -> None:
     from tests.privileged.berthd import BERTH, ROOT
 
-    argv = [*BERTH] if client == "berth" else [DOCKER]
-    cmd = " ".join([*argv, "-H", docker.daemon.host, "run", "-it", "--name", "stay",
-                    "busybox", "sh"])
-    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, cwd=ROOT,
-                            env={"PATH": "/usr/bin:/bin", "TERM": "dumb",
-                                 "DOCKER_CONFIG": str(docker.daemon.data_root / "cli")})
+    program = " ".join(BERTH) if client == "berth" else DOCKER
+    proc = docker.in_terminal("run -it --name stay busybox sh", cwd=ROOT, client=program)
     assert proc.stdin is not None and proc.stdout is not None
     try:
         read_until(proc.stdout, b"# ")
