@@ -7,7 +7,7 @@ phase may be stale, and the boot loader's entries are the truth:
   target booted                         -> verifying (then done once blessed)
   target's entry at +0 (tries used up)  -> failed; the version is recorded bad
   target staged, old version booted     -> rebooting again (the reboot never came)
-  interrupted while checking/downloading -> start over from checking
+  interrupted while checking, downloading or writing -> start over from checking
 
 Then, if asked to apply, it checks the channel, writes the inactive slot and
 asks the reboot strategy (immediate, FleetLock, window: hostos.fleetlock)
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from hostos.update.check import CheckError, Decision, Source, Verdict, decide
 from hostos.update.config import UpdateSettings
 from hostos.update.entries import BootEntry, EntryState
-from hostos.update.slots import BootDisk, Esp, SlotError, install
+from hostos.update.slots import BootDisk, Esp, InstallStep, SlotError, install
 from hostos.update.state import Phase, StateStore, Target, UpdateState
 from hostos.update.version import Version
 
@@ -46,6 +46,10 @@ class Host(Protocol):
     def esp(self) -> Esp: ...
 
     def reboot(self) -> None: ...
+
+    def memory_peak(self) -> int | None:
+        """Peak memory of this agent's cgroup in bytes (page cache included), if known."""
+        ...
 
 
 class Fleet(Protocol):
@@ -78,11 +82,12 @@ def reconcile(state: UpdateState, seen: Observed) -> UpdateState:
             state = state.with_bad(str(e.version))
     target = state.target
     phase = state.phase
-    if phase is Phase.DOWNLOADING and target is not None and (
+    if phase in (Phase.DOWNLOADING, Phase.WRITING) and target is not None and (
             target.usrhash == seen.booted_usrhash):
         # Cut after the UKI was written but before "staged" was saved: it booted.
         return reconcile(state.to(Phase.VERIFYING), seen)
-    if phase in (Phase.CHECKING, Phase.DOWNLOADING):
+    if phase in (Phase.CHECKING, Phase.DOWNLOADING, Phase.WRITING):
+        # The slot write starts with emptying the slot and its entries: redo it all.
         return state.to(Phase.CHECKING)
     if target is None or phase not in (Phase.STAGED, Phase.REBOOTING, Phase.VERIFYING):
         return state
@@ -219,18 +224,27 @@ class Agent:
         state = self._save(state.to(Phase.DOWNLOADING, target=target,
                                     previous=str(seen.booted_version), last_error=None,
                                     attempts=state.attempts + 1), seen)
+        def step(name: InstallStep) -> None:
+            # Saved without a fleet report: a step is detail within one phase.
+            nonlocal state
+            state = self.store.save(state.to(Phase.WRITING, step=str(name)))
+
         try:
             files = source.fetch(release)
             log.info("verified %s; writing the inactive slot", release.version)
+            state = self._save(state.to(Phase.WRITING), seen)
             result = install(self.host.disk(), self.host.esp(), seen.booted_usrhash,
-                             seen.booted_version, release, files, self.settings.boot_tries)
+                             seen.booted_version, release, files, self.settings.boot_tries,
+                             step=step)
         except (CheckError, SlotError) as e:
             self._save(state.to(Phase.FAILED, last_error=str(e)), seen)
             raise
         state = self._save(state.to(Phase.STAGED), seen)
         source.prune()
-        log.info("%s staged in slot %s as %s", release.version, result.slot,
-                 result.entry.filename)
+        peak = self.host.memory_peak()
+        log.info("%s staged in slot %s as %s%s", release.version, result.slot,
+                 result.entry.filename,
+                 f" (memory peak of this run: {peak / 1e6:.0f} MB)" if peak else "")
         return self._reboot(state, seen, d)
 
     def _reboot(self, state: UpdateState, seen: Observed, d: Decision | None) -> RunResult:

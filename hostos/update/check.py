@@ -4,8 +4,13 @@
 timestamp -> snapshot -> targets, signatures against thresholds, expiry,
 version rollback) and reads the channel target's signed manifest. `decide()`
 is the pure policy on top: newer than what runs, not known bad. `fetch()`
-downloads each artifact through the Updater, which checks length and
-sha256 against the signed targets metadata before handing back a path.
+checks each artifact's length and hashes against the signed targets
+metadata (as the Updater's download_target would) before handing back a path.
+`fetch()` downloads each artifact itself, through the TUF fetcher, into the
+download folder, bounded by the signed length and hashed on the way, without
+leaving it in the page cache (hostos.update.uncached): python-tuf's
+`download_target` stages each target in a TemporaryFile (tmpfs /tmp under
+systemd) and copies it, twice the release in memory at the peak.
 
 The repository URL may be http(s):// (python-tuf's requests fetcher) or
 file:// (FileFetcher: updates from a mounted medium, and unit tests).
@@ -13,15 +18,21 @@ file:// (FileFetcher: updates from a mounted medium, and unit tests).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, Root, TargetFile
+
+# Public API; its __all__ is built from __name__ strings, which mypy cannot read.
+from tuf.ngclient import RequestsFetcher  # type: ignore[attr-defined]
 from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
@@ -29,6 +40,7 @@ from tuf.ngclient.updater import Updater
 from hostos.errors import HostosError
 from hostos.update.config import UpdateSettings
 from hostos.update.manifest import ArtifactKind, ReleaseManifest, channel_target
+from hostos.update.uncached import UncachedWriter, digests, read_chunks
 from hostos.update.version import Version
 
 log = logging.getLogger("hostos.update")
@@ -111,6 +123,17 @@ def _describe(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _verify(info: TargetFile, length: int, observed: dict[str, str]) -> None:
+    """What TargetFile.verify_length_and_hashes checks, on digests taken while streaming."""
+    if length != info.length:
+        raise tuf_errors.LengthOrHashMismatchError(
+            f"{info.path}: {length} bytes, signed {info.length}")
+    for algorithm, expected in info.hashes.items():
+        if observed[algorithm] != expected:
+            raise tuf_errors.LengthOrHashMismatchError(
+                f"{info.path}: {algorithm} {observed[algorithm][:12]}…, signed {expected[:12]}…")
+
+
 class Source:
     """One TUF client session against the configured repository."""
 
@@ -125,14 +148,16 @@ class Source:
         self.download_dir = settings.state_dir / "downloads"
         self._bootstrap_root()
         self.download_dir.mkdir(parents=True, exist_ok=True)
-        fetcher = FileFetcher() if settings.url.startswith("file://") else None
+        self.fetcher: FetcherInterface = (
+            FileFetcher() if settings.url.startswith("file://")
+            else RequestsFetcher(app_user_agent=USER_AGENT))
         try:
             self.updater = Updater(
                 metadata_dir=str(self.metadata_dir),
                 metadata_base_url=settings.metadata_url,
                 target_dir=str(self.download_dir),
                 target_base_url=settings.targets_url,
-                fetcher=fetcher,
+                fetcher=self.fetcher,
                 config=UpdaterConfig(app_user_agent=USER_AGENT),
             )
         except (OSError, tuf_errors.RepositoryError) as e:
@@ -178,15 +203,64 @@ class Source:
                 if info is None:
                     raise CheckError(f"release {release.version}: target {art.target} is not "
                                      "in the signed targets metadata")
-                path = self.updater.find_cached_target(info)
-                if path is None:
+                unknown = sorted(set(info.hashes) - hashlib.algorithms_available)
+                if unknown:
+                    raise tuf_errors.RepositoryError(
+                        f"{info.path}: unsupported hash algorithm(s) {', '.join(unknown)}")
+                path = self.download_dir / quote(info.path, "")
+                if not self._cached(info, path):
                     log.info("downloading %s (%.1f MB)", art.target, info.length / 1e6)
-                    path = self.updater.download_target(info)
+                    self._download(info, path)
             except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
                 raise CheckError(f"release {release.version}: {art.target} refused: "
                                  f"{_describe(e)}") from e
-            out[kind] = Path(path)
+            out[kind] = path
         return out
+
+    def _target_url(self, info: TargetFile) -> str:
+        """Where the Updater would fetch info from (hash-prefixed under consistent snapshots)."""
+        # The Updater keeps the newest trusted root there after refresh().
+        root = Metadata[Root].from_file(str(self.metadata_dir / "root.json")).signed
+        name = info.path
+        if root.consistent_snapshot:
+            folder, sep, base = name.rpartition("/")
+            name = f"{folder}{sep}{next(iter(info.hashes.values()))}.{base}"
+        return f"{self.settings.targets_url.rstrip('/')}/{name}"
+
+    def _cached(self, info: TargetFile, path: Path) -> bool:
+        """A download left by an interrupted run, if it still matches the signed target."""
+        if not path.is_file():
+            return False
+        try:
+            _verify(info, *digests(read_chunks(path), info.hashes))
+        except tuf_errors.RepositoryError:
+            path.unlink()
+            return False
+        return True
+
+    def _download(self, info: TargetFile, path: Path) -> None:
+        """Stream info's target into path: never past its signed length, hashed on the way."""
+        tmp = path.with_name(f".{path.name}.part")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            out = UncachedWriter(fd)
+
+            def bounded() -> Iterator[bytes]:
+                for chunk in self.fetcher.fetch(self._target_url(info)):
+                    if out.written + len(chunk) > info.length:
+                        raise tuf_errors.DownloadLengthMismatchError(
+                            f"{info.path}: more than the signed {info.length} bytes")
+                    out.write(chunk)
+                    yield chunk
+
+            _verify(info, *digests(bounded(), info.hashes))
+            out.flush()
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
 
     def prune(self, keep: dict[ArtifactKind, Path] | None = None) -> None:
         """Drop downloaded artifacts (after they are written, or when abandoning)."""

@@ -34,6 +34,14 @@ def image_version(os_release: str) -> str | None:
     return None
 
 
+def cgroup_path(proc_cgroup: str) -> str | None:
+    """The cgroup v2 path in /proc/<pid>/cgroup's text (its `0::` line), if any."""
+    for line in proc_cgroup.splitlines():
+        if line.startswith("0::"):
+            return line.removeprefix("0::")
+    return None
+
+
 def reboot_cmd() -> list[str]:
     return ["systemctl", "reboot", "--message=hostos update: booting the staged version"]
 
@@ -89,3 +97,15 @@ class LocalHost:
 
     def reboot(self) -> None:
         run(reboot_cmd())
+
+    def memory_peak(self) -> int | None:
+        """memory.peak of our cgroup (hostos-update.service's, under systemd): what
+        systemd reports as the unit's MemoryPeak; None where there is no such file."""
+        try:
+            path = cgroup_path((self.root / "proc/self/cgroup").read_text())
+            if path is None:
+                return None
+            peak = self.root / "sys/fs/cgroup" / path.lstrip("/") / "memory.peak"
+            return int(peak.read_text())
+        except (OSError, ValueError):
+            return None

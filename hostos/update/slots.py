@@ -19,7 +19,8 @@ until its UKI exists, and the UKI is written last):
   1. remove every entry of ours from the ESP except the booted version's;
   2. label the inactive slot `_empty` with fresh random UUIDs;
   3. write usr and verity data (decompressed, bounded to the partition,
-     hashed on the way and compared with the signed sha256), fsync;
+     hashed on the way and compared with the signed sha256), flushed and
+     evicted from the page cache as it goes (hostos.update.uncached);
   4. label it `berth_<V>` with the UUIDs derived from V's usrhash;
   5. write the UKI as `<name>_<V>+<tries>.efi` (temp name, fsync, rename).
 """
@@ -30,10 +31,10 @@ import contextlib
 import hashlib
 import logging
 import os
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
@@ -41,12 +42,25 @@ from hostos.errors import HostosError
 from hostos.update import gpt
 from hostos.update.entries import BootEntry, entry_filename, parse_entries
 from hostos.update.manifest import Artifact, ArtifactKind, ReleaseManifest
+from hostos.update.uncached import DecompressError, UncachedWriter, decompressed
 from hostos.update.version import Version
 
 log = logging.getLogger("hostos.update")
 EMPTY_LABEL = "_empty"
-CHUNK = 4 << 20
 Progress = Callable[[str, int, int], None]
+
+
+class InstallStep(StrEnum):
+    """The steps of `install`, in order (module doc); persisted by the agent."""
+
+    EMPTY = "empty"
+    USR = "usr"
+    VERITY = "verity"
+    LABEL = "label"
+    UKI = "uki"
+
+
+Step = Callable[[InstallStep], None]
 
 
 class SlotError(HostosError):
@@ -148,20 +162,12 @@ def _pairs(table: gpt.Table) -> tuple[Slot, ...]:
 
 
 @contextlib.contextmanager
-def start_decompressor(source: Path) -> Iterator[IO[bytes]]:
-    """`zstd -d -c source` as a stream; raises SlotError if zstd fails."""
-    proc = subprocess.Popen(["zstd", "-d", "-c", "-q", str(source)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
+def _decompressed(source: Path) -> Iterator[Iterator[bytes]]:
     try:
-        yield proc.stdout
-    finally:
-        proc.stdout.close()
-        err = proc.stderr.read().decode(errors="replace").strip()
-        proc.stderr.close()
-        status = proc.wait()
-    if status != 0:
-        raise SlotError(f"zstd -d {source} failed ({status}): {err}")
+        with decompressed(source) as chunks:
+            yield chunks
+    except DecompressError as e:
+        raise SlotError(str(e)) from e
 
 
 def _fsync_dir(path: Path) -> None:
@@ -211,22 +217,22 @@ class BootDisk:
             raise SlotError(f"{artifact.target}: {artifact.size} bytes do not fit partition "
                             f"{part.number} ({limit})")
         h = hashlib.sha256()
-        written = 0
         fd = os.open(self.path, os.O_WRONLY)
         try:
-            with start_decompressor(source) as stream:
-                while chunk := stream.read(CHUNK):
-                    if written + len(chunk) > artifact.size:
+            out = UncachedWriter(fd, start)
+            with _decompressed(source) as chunks:
+                for chunk in chunks:
+                    if out.written + len(chunk) > artifact.size:
                         raise SlotError(f"{artifact.target} decompresses to more than the "
                                         f"signed {artifact.size} bytes")
-                    os.pwrite(fd, chunk, start + written)
+                    out.write(chunk)
                     h.update(chunk)
-                    written += len(chunk)
                     if progress:
-                        progress(artifact.target, written, artifact.size)
-            os.fsync(fd)
+                        progress(artifact.target, out.written, artifact.size)
+            out.flush()
         finally:
             os.close(fd)
+        written = out.written
         if written != artifact.size or h.hexdigest() != artifact.sha256:
             raise SlotError(f"{artifact.target}: wrote {written} bytes with sha256 "
                             f"{h.hexdigest()[:12]}…, signed {artifact.size} / "
@@ -247,10 +253,16 @@ class Esp:
         return parse_entries([p.name for p in self.dir.iterdir() if p.is_file()], self.name)
 
     def remove_all_but(self, keep: Version) -> list[BootEntry]:
+        """Remove our entries except keep's, and UKIs left half-written by a power cut."""
         removed = [e for e in self.entries() if e.version != keep]
         for e in removed:
             (self.dir / e.filename).unlink(missing_ok=True)
-        if removed:
+        # install_uki's temp names: systemd-boot ignores them, but a cut one would hold
+        # its ~140 MB of the ESP for good once the next release has another name.
+        partial = list(self.dir.glob(f".{self.name}_*.efi.tmp")) if self.dir.is_dir() else []
+        for p in partial:
+            p.unlink(missing_ok=True)
+        if removed or partial:
             _fsync_dir(self.dir)
         return removed
 
@@ -265,17 +277,19 @@ class Esp:
         tmp = self.dir / f".{final}.tmp"
         self.dir.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
-        n = 0
-        with tmp.open("wb") as out:
-            with start_decompressor(source) as stream:
-                while chunk := stream.read(CHUNK):
-                    n += len(chunk)
-                    if n > artifact.size:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            out = UncachedWriter(fd)
+            with _decompressed(source) as chunks:
+                for chunk in chunks:
+                    if out.written + len(chunk) > artifact.size:
                         raise SlotError(f"{artifact.target} is longer than signed")
                     out.write(chunk)
                     h.update(chunk)
             out.flush()
-            os.fsync(out.fileno())
+        finally:
+            os.close(fd)
+        n = out.written
         if n != artifact.size or h.hexdigest() != artifact.sha256:
             tmp.unlink(missing_ok=True)
             raise SlotError(f"{artifact.target}: UKI does not match its signed sha256")
@@ -293,22 +307,35 @@ class InstallResult:
 
 def install(disk: BootDisk, esp: Esp, booted_usrhash: str, booted_version: Version,
             release: ReleaseManifest, files: dict[ArtifactKind, Path], tries: int,
-            progress: Progress | None = None) -> InstallResult:
-    """Write release into the inactive slot and its UKI into the ESP (see module doc)."""
+            progress: Progress | None = None, step: Step | None = None) -> InstallResult:
+    """Write release into the inactive slot and its UKI into the ESP (see module doc).
+
+    `step` is called with each InstallStep as it begins (the agent persists it).
+    """
+    def begin(s: InstallStep) -> None:
+        if step is not None:
+            step(s)
+
     slots = SlotTable.from_table(disk.read_table(), booted_usrhash)
     slots.check_fits(release)
     target = slots.inactive
+    begin(InstallStep.EMPTY)
     removed = esp.remove_all_but(booted_version)
     for e in removed:
         log.info("removed boot entry %s (slot %s is being replaced)", e.filename, target.name)
     slots = slots.emptied()
     disk.write_table(slots.table)
     log.info("writing %s into slot %s", release.version, target.name)
+    begin(InstallStep.USR)
     disk.write_partition(target.usr, files[ArtifactKind.USR],
                          release.artifacts[ArtifactKind.USR], progress)
+    begin(InstallStep.VERITY)
     disk.write_partition(target.verity, files[ArtifactKind.VERITY],
                          release.artifacts[ArtifactKind.VERITY], progress)
+    begin(InstallStep.LABEL)
     disk.write_table(slots.installed(release).table)
+    begin(InstallStep.UKI)
+    log.info("writing the UKI of %s into the ESP", release.version)
     entry = esp.install_uki(files[ArtifactKind.UKI], release.artifacts[ArtifactKind.UKI],
                             release.version, tries)
     log.info("staged %s as %s", release.version, entry.filename)

@@ -1,13 +1,15 @@
 """The update agent's state machine, persisted so it resumes after a power cut.
 
-    idle -> checking -> downloading -> staged -> rebooting -> verifying -> done
+    idle -> checking -> downloading -> writing -> staged -> rebooting -> verifying -> done
                  \\-> idle (nothing new)   any step -> failed
 
-`downloading` covers fetch, verify and the write of the inactive slot: all
-of it is redone from the start after an interruption (the slot is not in
-use, so rewriting it is always safe). `staged` means the new entry is in the
-ESP on trial; from there on, what happens is decided by what actually boots
-(see agent.reconcile), not by the stored state.
+`downloading` covers fetch and verify, `writing` the write of the inactive
+slot and the UKI; its `step` (slots.InstallStep: empty, usr, verity, label,
+uki) is saved as each begins, so an operator (or a power-cut test) sees
+where it is. Both are redone from the start after an interruption (the slot
+is not in use, so rewriting it is always safe). `staged` means the new
+entry is in the ESP on trial; from there on, what happens is decided by
+what actually boots (see agent.reconcile), not by the stored state.
 
 Each transition asserts its source state (a bug, not an expected failure,
 if it does not hold). The record is written whole: temp file, fsync,
@@ -34,6 +36,7 @@ class Phase(StrEnum):
     IDLE = "idle"
     CHECKING = "checking"
     DOWNLOADING = "downloading"
+    WRITING = "writing"
     STAGED = "staged"
     REBOOTING = "rebooting"
     VERIFYING = "verifying"
@@ -43,15 +46,19 @@ class Phase(StrEnum):
 
 # Allowed transitions: target phase -> phases it may be entered from.
 TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
-    # From downloading: an interrupted download starts over with a fresh check.
+    # From downloading/writing: an interrupted apply starts over with a fresh check.
     Phase.CHECKING: frozenset({Phase.IDLE, Phase.DONE, Phase.FAILED, Phase.CHECKING,
-                               Phase.DOWNLOADING}),
+                               Phase.DOWNLOADING, Phase.WRITING}),
     Phase.IDLE: frozenset({Phase.CHECKING}),
     Phase.DOWNLOADING: frozenset({Phase.CHECKING, Phase.DOWNLOADING}),
-    Phase.STAGED: frozenset({Phase.DOWNLOADING}),
+    # writing -> writing: the next step of the slot write.
+    Phase.WRITING: frozenset({Phase.DOWNLOADING, Phase.WRITING}),
+    Phase.STAGED: frozenset({Phase.WRITING}),
     Phase.REBOOTING: frozenset({Phase.STAGED, Phase.REBOOTING, Phase.VERIFYING}),
+    # From writing: cut after the UKI landed but before `staged` was saved; it booted.
+    # (From downloading: the same, recorded by agents older than the writing phase.)
     Phase.VERIFYING: frozenset({Phase.STAGED, Phase.REBOOTING, Phase.VERIFYING,
-                                Phase.DOWNLOADING}),
+                                Phase.DOWNLOADING, Phase.WRITING}),
     Phase.DONE: frozenset({Phase.VERIFYING}),
     Phase.FAILED: frozenset(set(Phase) - {Phase.IDLE}),
 }
@@ -85,12 +92,15 @@ class UpdateState:
     last_error: str | None = None
     bad_versions: tuple[str, ...] = ()
     attempts: int = 0
+    # Within `writing`: the slots.InstallStep under way; None in every other phase.
+    step: str | None = None
     changed: float = field(default_factory=time.time, compare=False)
 
     def to(self, phase: Phase, /, **changes: Any) -> UpdateState:
         """The next state; raises TransitionError if `phase` may not follow this one."""
         if not can_enter(self.phase, phase):
             raise TransitionError(f"update state {self.phase} -> {phase} is not allowed")
+        changes.setdefault("step", None)
         return replace(self, phase=phase, changed=time.time(), **changes)
 
     def with_bad(self, version: str) -> UpdateState:
@@ -106,6 +116,7 @@ class UpdateState:
             "last_error": self.last_error,
             "bad_versions": list(self.bad_versions),
             "attempts": self.attempts,
+            "step": self.step,
             "changed": self.changed,
         }
 
@@ -119,6 +130,7 @@ class UpdateState:
             last_error=data.get("last_error"),
             bad_versions=tuple(str(v) for v in data.get("bad_versions", ())),
             attempts=int(data.get("attempts", 0)),
+            step=data.get("step"),
             changed=float(data.get("changed", 0.0)),
         )
 

@@ -21,8 +21,9 @@ from hostos.update import gpt
 from hostos.update.agent import Agent
 from hostos.update.check import CheckError, Verdict
 from hostos.update.config import validate
-from hostos.update.slots import BootDisk, Esp, SlotError, SlotTable
-from hostos.update.state import Phase
+from hostos.update.slots import BootDisk, Esp, InstallStep, SlotError, SlotTable
+from hostos.update.state import Phase, StateStore, UpdateState
+from hostos.update.uncached import UncachedWriter
 from hostos.update.version import Version
 from runtime.run import run
 from tests.unit.update_helpers import LAYOUT, SECTOR, FakeImage, make_image, make_repo
@@ -50,6 +51,9 @@ class FileHost:
 
     def reboot(self) -> None:
         self.reboots.append(self.version)
+
+    def memory_peak(self) -> int | None:
+        return None
 
 
 @dataclass
@@ -151,6 +155,64 @@ def test_rollback_marks_the_version_bad_and_it_is_never_installed_again(world: W
     assert result.decision is not None and result.decision.verdict is Verdict.KNOWN_BAD
     assert disk_digest(world.host.disk_path) == before
     assert world.host.reboots == ["0.1.0"]
+
+
+class PowerCut(BaseException):
+    """The machine stops here: nothing after it runs, not even the agent's error handling."""
+
+
+@pytest.mark.parametrize("cut", [*(str(s) for s in InstallStep), "usr-half", "uki-half"])
+def test_a_cut_anywhere_in_the_slot_write_boots_a_and_the_next_run_redoes_it(
+        world: World, cut: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut as a step begins (its state saved, nothing of it written) or halfway through
+    writing usr or the UKI: A still boots, and no half-written slot is taken for good."""
+    make_release(world.b.folder, "0.2.0", world.repo)
+    step, _, half = cut.partition("-")
+    save, write = StateStore.save, UncachedWriter.write
+
+    def save_then_cut(store: StateStore, state: UpdateState) -> UpdateState:
+        save(store, state)
+        if state.step == step and not half:
+            raise PowerCut(cut)
+        return state
+
+    def write_half_then_cut(writer: UncachedWriter, data: bytes) -> None:
+        if half and world.agent.store.load().step == step:
+            write(writer, data[:len(data) // 2])
+            raise PowerCut(cut)
+        write(writer, data)
+
+    monkeypatch.setattr(StateStore, "save", save_then_cut)
+    monkeypatch.setattr(UncachedWriter, "write", write_half_then_cut)
+    with pytest.raises(PowerCut):
+        world.agent.apply()
+    monkeypatch.undo()
+
+    stored = world.agent.store.load()
+    assert (stored.phase, stored.step) == (Phase.WRITING, step)
+    # systemd-boot sees only A's entry (a temp UKI is no entry), so A boots.
+    assert [str(e.version) for e in world.host.esp().entries()] == ["0.1.0"]
+    slots = SlotTable.from_table(BootDisk(world.host.disk_path).read_table(), world.a.usrhash)
+    if step in ("empty", "usr", "verity", "label"):
+        assert slots.inactive.version is None  # labelled only once its bytes are verified
+    world.boot(world.a)
+    assert world.agent.resume()[0].phase is Phase.CHECKING
+
+    result = world.agent.apply()
+    assert result.state.phase is Phase.REBOOTING and world.host.reboots == ["0.1.0"]
+    assert region(world.host.disk_path, "usr_b") == world.b.usr
+    assert sorted(p.name for p in world.uki_dir().iterdir()) == [
+        "berth_0.1.0.efi", "berth_0.2.0+3.efi"]
+    assert (world.uki_dir() / "berth_0.2.0+3.efi").read_bytes() == world.b.uki
+
+
+def test_a_uki_left_half_written_by_a_cut_does_not_hold_the_esp(world: World) -> None:
+    # A cut while writing 0.1.5's UKI; the next release is another version.
+    (world.uki_dir() / ".berth_0.1.5+3.efi.tmp").write_bytes(b"MZ" + b"\0" * 1000)
+    make_release(world.b.folder, "0.2.0", world.repo)
+    world.agent.apply()
+    assert sorted(p.name for p in world.uki_dir().iterdir()) == [
+        "berth_0.1.0.efi", "berth_0.2.0+3.efi"]
 
 
 @pytest.mark.parametrize("attack", ["tampered", "expired", "downgrade"])

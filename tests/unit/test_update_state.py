@@ -25,7 +25,9 @@ ALLOWED = {
     (Phase.CHECKING, Phase.CHECKING), (Phase.DOWNLOADING, Phase.CHECKING),
     (Phase.CHECKING, Phase.IDLE),
     (Phase.CHECKING, Phase.DOWNLOADING), (Phase.DOWNLOADING, Phase.DOWNLOADING),
-    (Phase.DOWNLOADING, Phase.STAGED),
+    (Phase.DOWNLOADING, Phase.WRITING), (Phase.WRITING, Phase.WRITING),
+    (Phase.WRITING, Phase.STAGED), (Phase.WRITING, Phase.CHECKING),
+    (Phase.WRITING, Phase.VERIFYING),
     (Phase.STAGED, Phase.REBOOTING), (Phase.REBOOTING, Phase.REBOOTING),
     (Phase.VERIFYING, Phase.REBOOTING),
     (Phase.STAGED, Phase.VERIFYING), (Phase.REBOOTING, Phase.VERIFYING),
@@ -62,6 +64,16 @@ def test_state_survives_a_restart_and_is_written_whole(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "update" / "state.json").read_text())["phase"] == "downloading"
 
 
+def test_the_write_step_is_saved_and_cleared_by_the_next_phase(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "update")
+    store.save(staged(Phase.WRITING).to(Phase.WRITING, step="uki"))
+    loaded = store.load()
+    assert (loaded.phase, loaded.step) == (Phase.WRITING, "uki")
+    assert json.loads(store.path.read_text())["step"] == "uki"
+    assert loaded.to(Phase.STAGED).step is None
+    assert loaded.to(Phase.CHECKING).step is None
+
+
 def entries(*names: str) -> tuple:  # type: ignore[type-arg]
     return tuple(e for n in names if (e := parse_entry(n, "berth")) is not None)
 
@@ -73,6 +85,9 @@ def seen(booted: str, version: str, *names: str) -> Observed:
 def staged(phase: Phase) -> UpdateState:
     s = UpdateState().to(Phase.CHECKING).to(Phase.DOWNLOADING, target=Target("0.2.0", B))
     if phase is Phase.DOWNLOADING:
+        return s
+    s = s.to(Phase.WRITING, step="usr")
+    if phase is Phase.WRITING:
         return s
     s = s.to(Phase.STAGED)
     if phase is Phase.STAGED:
@@ -97,10 +112,14 @@ def test_reconcile_follows_what_booted() -> None:
     r = reconcile(staged(Phase.REBOOTING), seen(A, "0.1.0", "berth_0.1.0.efi",
                                                 "berth_0.2.0+3.efi"))
     assert r.phase is Phase.REBOOTING
-    # Cut while downloading -> start over; cut after the UKI landed -> it booted B.
+    # Cut while downloading or writing the slot -> start over (the write empties the
+    # slot first); cut after the UKI landed but before `staged` was saved -> it booted B.
     assert reconcile(staged(Phase.DOWNLOADING), seen(A, "0.1.0")).phase is Phase.CHECKING
-    r = reconcile(staged(Phase.DOWNLOADING), seen(B, "0.2.0", "berth_0.2.0+2-1.efi"))
-    assert r.phase is Phase.VERIFYING
+    r = reconcile(staged(Phase.WRITING), seen(A, "0.1.0", "berth_0.1.0.efi"))
+    assert (r.phase, r.step, r.target) == (Phase.CHECKING, None, Target("0.2.0", B))
+    for phase in (Phase.DOWNLOADING, Phase.WRITING):
+        r = reconcile(staged(phase), seen(B, "0.2.0", "berth_0.2.0+2-1.efi"))
+        assert r.phase is Phase.VERIFYING
     # A bad entry found in the ESP is remembered even without a stored target.
     assert reconcile(UpdateState(), seen(A, "0.1.0", "berth_0.3.0+0-3.efi")).bad_versions == (
         "0.3.0",)

@@ -44,9 +44,12 @@ class FakeImage:
     uki: bytes
 
 
-def sfdisk_script(usrhash: str, version: str, slot_b_hash: str | None = None) -> str:
+def sfdisk_script(usrhash: str, version: str, slot_b_hash: str | None = None,
+                  scale: int = 1) -> str:
+    """The test disk's table; scale multiplies every partition's start and size."""
     data_a, hash_a = gpt.uuids_for_roothash(usrhash)
-    lines = ["label: gpt", "unit: sectors", "first-lba: 2048", f"last-lba: {DISK_SECTORS - 40}"]
+    lines = ["label: gpt", "unit: sectors", "first-lba: 2048",
+             f"last-lba: {DISK_SECTORS * scale - 40}"]
     types = {"esp": gpt.ESP, "usr_a": gpt.USR_X86_64, "verity_a": gpt.USR_VERITY_X86_64,
              "usr_b": gpt.USR_X86_64, "verity_b": gpt.USR_VERITY_X86_64, "root": gpt.ROOT_X86_64}
     names = {"esp": "esp", "usr_a": f"berth_{version}", "verity_a": f"berth_{version}_verity",
@@ -56,20 +59,21 @@ def sfdisk_script(usrhash: str, version: str, slot_b_hash: str | None = None) ->
         uuids["usr_b"], uuids["verity_b"] = gpt.uuids_for_roothash(slot_b_hash)
     for key, (start, size) in LAYOUT.items():
         u = uuids.get(key, uuid.uuid4())
-        lines.append(f'start={start}, size={size}, type={types[key]}, uuid={u}, '
-                     f'name="{names[key]}"')
+        lines.append(f'start={start * scale}, size={size * scale}, type={types[key]}, '
+                     f'uuid={u}, name="{names[key]}"')
     return "\n".join(lines) + "\n"
 
 
-def make_disk(path: Path, usrhash: str, version: str, usr: bytes, verity: bytes) -> None:
+def make_disk(path: Path, usrhash: str, version: str, usr: bytes, verity: bytes,
+              scale: int = 1) -> None:
     with path.open("wb") as f:
-        f.truncate(DISK_SECTORS * SECTOR)
+        f.truncate(DISK_SECTORS * SECTOR * scale)
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(path)],
-        input=sfdisk_script(usrhash, version))
+        input=sfdisk_script(usrhash, version, scale=scale))
     with path.open("r+b") as f:
-        f.seek(LAYOUT["usr_a"][0] * SECTOR)
+        f.seek(LAYOUT["usr_a"][0] * SECTOR * scale)
         f.write(usr)
-        f.seek(LAYOUT["verity_a"][0] * SECTOR)
+        f.seek(LAYOUT["verity_a"][0] * SECTOR * scale)
         f.write(verity)
 
 
@@ -77,14 +81,17 @@ def fake_usrhash(seed: str) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()
 
 
-def make_image(folder: Path, version: str) -> FakeImage:
-    """A berth.json image folder whose disk holds version's /usr in slot A."""
+def make_image(folder: Path, version: str, scale: int = 1) -> FakeImage:
+    """A berth.json image folder whose disk holds version's /usr in slot A.
+
+    scale multiplies the partitions (1: 2 MiB of /usr); the UKI grows with it.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     usrhash = fake_usrhash(version)
-    usr = os.urandom(LAYOUT["usr_a"][1] * SECTOR)
-    verity = os.urandom(LAYOUT["verity_a"][1] * SECTOR)
-    uki = b"MZ" + os.urandom(100_000)
-    make_disk(folder / "disk.raw", usrhash, version, usr, verity)
+    usr = os.urandom(LAYOUT["usr_a"][1] * SECTOR * scale)
+    verity = os.urandom(LAYOUT["verity_a"][1] * SECTOR * scale)
+    uki = b"MZ" + os.urandom(100_000 * scale)
+    make_disk(folder / "disk.raw", usrhash, version, usr, verity, scale)
     (folder / "uki.efi").write_bytes(uki)
     for name in ("vmlinuz", "initrd", "manifest.json"):
         (folder / name).write_bytes(b"x")
