@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from tests.vm.conftest import IMAGE_DIR, ROOT
 IMAGE_A = Path(os.environ.get("BERTH_UPDATE_IMAGE_A", IMAGE_DIR))
 IMAGE_B = Path(os.environ.get("BERTH_UPDATE_IMAGE_B", ROOT / "build" / "image-b"))
 REPO_ADDR = "10.0.3.100"
+STATE_FILE = "/var/lib/hostos/update/state.json"
 PROXY = """\
 import os, selectors, socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
@@ -121,9 +123,10 @@ def repo_nic_args(proxy: Path, port: int) -> tuple[str, ...]:
 
 def configure(m: Machine, root_json: Path, tries: int = 3) -> None:
     """Point the agent at the test repository; the test starts hostos-update.service
-    itself, so the timer is stopped (it would otherwise race the test's steps)."""
+    itself, so the timer is masked, for the boots to come too (it would otherwise race
+    the test's steps a minute after each reboot)."""
     root = root_json.read_text()
-    m.check("systemctl stop hostos-update.timer")
+    m.check("systemctl mask --now hostos-update.timer")
     m.check("mkdir -p /etc/hostos/update.d /etc/hostos/tuf")
     m.check(f"cat > /etc/hostos/tuf/root.json <<'EOF'\n{root}\nEOF")
     m.check("cat > /etc/hostos/update.d/90-test.toml <<'EOF'\n[update]\n"
@@ -159,6 +162,23 @@ def wait_blessed(m: Machine, timeout: float) -> None:
                                    "journalctl -b -u hostos-health --no-pager | tail -20"))
 
 
+def agent_state(m: Machine) -> dict[str, Any]:
+    """The agent's saved state (state.json; {} before its first run)."""
+    code, out = m.run(f"cat {STATE_FILE}", timeout=60)
+    if code != 0:
+        return {}
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def memory_peaks(journal: str) -> tuple[float | None, float | None]:
+    """MB from an apply's journal: the agent's own memory.peak line (logged when staged)
+    and systemd's "Consumed ..., N memory peak" as the unit stopped (None if absent)."""
+    agent = re.search(r"memory peak of this run: (\d+) MB", journal)
+    unit = re.search(r"Consumed .*?([\d.]+)([KMG]) memory peak", journal)
+    scale = {"K": 1e-3, "M": 1.0, "G": 1e3}
+    return (float(agent.group(1)) if agent else None,
+            float(unit.group(1)) * scale[unit.group(2)] * 1.048576 if unit else None)
 
 
 def sha_of_inactive(m: Machine, slot_devices: tuple[str, ...] = ("/dev/vda4", "/dev/vda5")) -> str:
