@@ -98,5 +98,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'hostos apply':24}{_median(ours):>10.2f}")
     print(f"{'  of which TUF fetch':24}{_median(fetch):>10.2f}")
     print(f"ratio ours/floor: {_median(ours) / _median(floor):.2f}")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

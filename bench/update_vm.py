@@ -15,6 +15,7 @@ guest). Needs the source checkout (it reuses the VM tests' repo server).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tempfile
 import time
@@ -67,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
         Served,
         build,
         configure,
+        memory_peaks,
         repo_nic_args,
         start_http_server,
         wait_blessed,
@@ -116,6 +118,7 @@ def main(args: argparse.Namespace) -> int:
                 journal = m.check("journalctl -b -1 -u hostos-update --no-pager "
                                   "-o short-monotonic")
     phases = agent_phases(journal)
+    agent_peak, unit_peak = memory_peaks(journal)
     print(f"\nrelease {b.version}: {download / 1e6:.1f} MB to download (TCG, UEFI)")
     print(f"{'step':<36}{'s':>8}")
     for name, secs in phases.items():
@@ -125,4 +128,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'found -> ' + b.version + ' blessed':<36}{t_blessed:>8.0f}")
     print(f"{'peer: plain reboot -> berthd':<36}{reboot:>8.0f}")
     print(f"ratio update (found -> blessed) / plain reboot: {t_blessed / reboot:.1f}")
+    print(f"memory peak of hostos-update.service: {agent_peak} MB when staged (its cgroup's "
+          f"memory.peak), {unit_peak} MB as systemd logged it at stop")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0

@@ -21,6 +21,7 @@ from hostos.update import gpt
 from hostos.update.agent import Agent
 from hostos.update.check import CheckError, Verdict
 from hostos.update.config import validate
+from hostos.update.host import LocalHost
 from hostos.update.slots import BootDisk, Esp, InstallStep, SlotError, SlotTable
 from hostos.update.state import Phase, StateStore, UpdateState
 from hostos.update.uncached import UncachedWriter
@@ -250,3 +251,16 @@ def test_a_host_without_an_update_url_has_nothing_to_do(world: World) -> None:
     result = agent.apply()
     assert "not configured" in result.message
     assert result.state.phase is Phase.IDLE and world.host.reboots == []
+
+
+def test_the_agent_reads_its_memory_peak_from_its_own_cgroup(tmp_path: Path) -> None:
+    """What it logs when staged: systemd's MemoryPeak of hostos-update.service."""
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "self" / "cgroup").write_text(
+        "0::/system.slice/hostos-update.service\n")
+    host = LocalHost(validate({}), root=tmp_path)
+    assert host.memory_peak() is None  # no memory controller there: nothing to report
+    unit = tmp_path / "sys" / "fs" / "cgroup" / "system.slice" / "hostos-update.service"
+    unit.mkdir(parents=True)
+    (unit / "memory.peak").write_text("61865984\n")
+    assert host.memory_peak() == 61865984

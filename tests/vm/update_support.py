@@ -124,9 +124,11 @@ def repo_nic_args(proxy: Path, port: int) -> tuple[str, ...]:
 def configure(m: Machine, root_json: Path, tries: int = 3) -> None:
     """Point the agent at the test repository; the test starts hostos-update.service
     itself, so the timer is masked, for the boots to come too (it would otherwise race
-    the test's steps a minute after each reboot)."""
+    the test's steps a minute after each reboot). A run the timer already started is
+    stopped before the settings are written: on a slow boot it had fired, loaded the
+    settings this wrote a moment later, and applied the update behind the test's back."""
     root = root_json.read_text()
-    m.check("systemctl mask --now hostos-update.timer")
+    m.check("systemctl mask --now hostos-update.timer && systemctl stop hostos-update.service")
     m.check("mkdir -p /etc/hostos/update.d /etc/hostos/tuf")
     m.check(f"cat > /etc/hostos/tuf/root.json <<'EOF'\n{root}\nEOF")
     m.check("cat > /etc/hostos/update.d/90-test.toml <<'EOF'\n[update]\n"
