@@ -67,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip berth without user namespace and seccomp (crun's isolation)")
     parser.add_argument("--podman", type=int, default=0, metavar="N",
                         help="also run N podman containers (slow: ~0.4 s each); 0 = skip")
+    parser.add_argument("--parts", action="store_true",
+                        help="instead: where berth's memory per container goes beyond bare "
+                             "crun's (slab caches, page tables, mounts, run dir, records, "
+                             "the daemon's objects; bench/density_parts.py); with --no-bare "
+                             "without the no-seccomp and no-userns sides")
 
 
 def meminfo(key: str = "MemAvailable") -> int:
@@ -143,8 +148,11 @@ def rss(pid: int | str = "self") -> int:
     return 0
 
 
-def settle() -> None:
-    time.sleep(SETTLE)
+async def settle() -> None:
+    # On the loop, not time.sleep: berth's host-side rootfs detaches (worker threads,
+    # started from tasks) and run-dir removals finish here, inside the round that
+    # caused them, not in the next side's.
+    await asyncio.sleep(SETTLE)
 
 
 ROUNDS = 5  # the sides alternate in rounds: a shared machine's load drifts during a run
@@ -249,12 +257,12 @@ async def interleaved(sides: list[Side], n: int) -> dict[str, dict[str, float]]:
             k = total // ROUNDS + (1 if r < total % ROUNDS else 0)
             if not k:
                 continue
-            settle()
+            await settle()
             mem0, cg0, res0 = meminfo(), charged(), unreclaimable()
             t0 = time.perf_counter()
             await side.start(k)
             started = time.perf_counter() - t0
-            settle()
+            await settle()
             mem1, cg1, res1 = meminfo(), charged(), unreclaimable()
             o = out[side.label]
             o["charged"] += (cg1 - cg0) / total
@@ -353,6 +361,10 @@ Side = BerthSide | CrunSide | PodmanSide
 
 def main(args: argparse.Namespace) -> int:
     n = args.count
+    if args.parts:
+        from bench.density_parts import main_parts
+
+        return main_parts(n, with_bare=not args.no_bare)
     tmp = Path(tempfile.mkdtemp(prefix="berth-density-"))
     tmp.chmod(0o711)
     netns = f"berth-density-{uuid.uuid4().hex[:8]}"

@@ -81,6 +81,7 @@ class JsonFileLog:
     """<dir>/<id>-json.log, rotated to .1 .. .N-1 when it passes max_size."""
 
     name = "json-file"
+    __slots__ = ("_f", "max_files", "max_size", "path")   # one per container in berthd
 
     def __init__(self, path: Path, max_size: int = 10 << 20, max_files: int = 3) -> None:
         self.path = path
@@ -199,6 +200,7 @@ class JournalLog:
     """Entries go to journald with CONTAINER_ID/CONTAINER_NAME fields (as dockerd's driver)."""
 
     name = "journald"
+    __slots__ = ("_journal", "container_id", "container_name")   # one per container
 
     def __init__(self, container_id: str, name: str) -> None:
         from systemd import journal

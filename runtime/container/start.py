@@ -103,8 +103,11 @@ def _read_host(path: str) -> str:
 def rootfs_spec(mgr: ContainerManager, c: Container) -> rootfs.RootfsSpec:
     rec = c.record
     data, run = mgr.data_dir(c.id), mgr.run_dir(c.id)
+    # The engine's mount points layer lowest: /etc/hosts etc. exist in every rootfs
+    # without a copy-up into the container's upper dir (see manager.MOUNT_POINTS).
     return rootfs.RootfsSpec(
-        layers=rec.layers, upper=str(data / "upper"), work=str(data / "work"),
+        layers=(str(mgr.mount_points), *rec.layers), upper=str(data / "upper"),
+        work=str(data / "work"),
         rootfs=str(run / "rootfs"), staging=str(run / "stage"),
         volumes=rec.volumes + network_files(mgr, c) + own_etc_files(mgr, c),
         read_only=rec.spec.read_only, idmap=rec.uid_base != 0,
@@ -226,7 +229,7 @@ async def start(mgr: ContainerManager, c: Container) -> None:
             os.close(fd)
     c.pidfd = pidfd
     c.is_child = True
-    c.stopped.clear()
+    c.mark_stopped(False)
     if spec.tty:
         c.pty_master = parent_fds[0]
     c.pumps = output_pumps(c, parent_fds)
@@ -239,8 +242,29 @@ async def start(mgr: ContainerManager, c: Container) -> None:
 
 
 async def _detach_host(c: Container, launch: Launch) -> None:
-    await asyncio.to_thread(launch.detach_host)
+    await asyncio.to_thread(_detach_and_clean, launch)
     c.host_mounts = launch.mounted
+    if c.host_detach is asyncio.current_task():
+        c.host_detach = None   # done: the handle need not keep the task
+
+
+def _detach_and_clean(launch: Launch) -> None:
+    """Detach the host's copies of the rootfs mounts, then remove their (empty) mount
+    point dirs from the run dir: tmpfs inodes a running container no longer needs."""
+    launch.detach_host()
+    if launch.mounted or launch.spec is None:
+        return
+    spec = launch.spec
+    for target in (*rootfs.host_teardown(spec), spec.staging):
+        # rmdir/unlink only: never a recursive removal, which would walk into a mount
+        # that is somehow still there. A staged file volume is an empty file.
+        try:
+            os.rmdir(target)
+        except NotADirectoryError:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+        except OSError:
+            pass
 
 
 async def _host_detached(c: Container) -> None:
@@ -257,7 +281,7 @@ def output_pumps(c: Container, fds: list[int], readopted: bool = False) -> list[
     attached clients."""
     def pump(fd: int, stream: str) -> LogPump:
         def fan_out(data: bytes) -> None:
-            for q in c.listeners:
+            for q in c.listeners or ():
                 q.put_nowait((stream, data))
         return LogPump(fd, stream, c.log, on_data=fan_out, readopted=readopted)
     return [pump(fd, stream) for fd, stream in zip(fds, ("stdout", "stderr"), strict=False)]
@@ -265,9 +289,9 @@ def output_pumps(c: Container, fds: list[int], readopted: bool = False) -> list[
 
 def end_output(c: Container) -> None:
     """Attached clients: this run's output is complete."""
-    for q in c.listeners:
+    for q in c.listeners or ():
         q.put_nowait(None)
-    c.listeners.clear()
+    c.listeners = None
 
 
 def _network_request(c: Container) -> NetworkRequest:
@@ -367,8 +391,8 @@ def on_exit(mgr: ContainerManager, c: Container) -> None:
         return
     # Waiters learn of the exit now, not after the teardown (~10 ms of umount, rmdir):
     # the next start or rm of this container awaits `settle()` first.
-    c.stopped.set()
-    _signal_exit(c)
+    c.mark_stopped(True)
+    c.signal_exit()
     c.teardown = mgr.spawn_task(_teardown_soon(mgr, c))
     if c.record.request.auto_remove:
         from runtime.container import delete
@@ -393,17 +417,12 @@ async def settle(c: Container) -> None:
 
 async def _after_exit(mgr: ContainerManager, c: Container, ran: float) -> None:
     await teardown_run(mgr, c)
-    _signal_exit(c)
+    c.signal_exit()
     if ran > restart_mod.RESET_AFTER:
         c.consecutive_restarts = 0
     delay = restart_mod.backoff(c.consecutive_restarts)
     c.consecutive_restarts += 1
     c.restart_task = mgr.spawn_task(_restart_later(mgr, c, delay))
-
-
-def _signal_exit(c: Container) -> None:
-    ev, c.next_exit = c.next_exit, asyncio.Event()
-    ev.set()
 
 
 async def _restart_later(mgr: ContainerManager, c: Container, delay: float) -> None:
@@ -425,7 +444,7 @@ async def _restart_later(mgr: ContainerManager, c: Container, delay: float) -> N
                 c.restart_task = mgr.spawn_task(_restart_later(mgr, c, delay))
             else:
                 mgr.save(c, status=Status.EXITED)
-                c.stopped.set()
+                c.mark_stopped(True)
             return
     # No `restart` event here: dockerd's policy restarts show as die, start (the `restart`
     # event belongs to the restart verb).

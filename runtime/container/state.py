@@ -62,7 +62,7 @@ class WaitCondition(StrEnum):
     REMOVED = "removed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # one per container, kept in berthd's memory
 class State:
     status: Status = Status.CREATED
     pid: int = 0

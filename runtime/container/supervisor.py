@@ -98,6 +98,18 @@ def open_fifo_pair(path: Path) -> tuple[int, int]:
 class LogPump:
     """Reads one stream (FIFO read end or pty master) into the log driver."""
 
+    __slots__ = (
+        "_inherited",
+        "_partial",
+        "closed",
+        "driver",
+        "fd",
+        "on_data",
+        "on_eof",
+        "pipe_size",
+        "stream",
+    )
+
     def __init__(self, fd: int, stream: str, driver: LogDriver,
                  on_eof: Callable[[], None] | None = None,
                  on_data: Callable[[bytes], None] | None = None,

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS containers (
 """)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # one per container, kept in berthd's memory
 class ContainerRecord:
     id: str
     name: str
