@@ -1,15 +1,22 @@
 """What runs in a container's first process between clone(2) and execve(2).
 
-This code runs in a copy of the daemon (no other threads; the interpreter's
-fork hooks have run). It only makes syscalls, reads files of the container
-and writes one error line to a CLOEXEC pipe if something fails: a
-successful exec closes that pipe, which is how the parent knows.
+This code runs in a copy of the cloning process (the spawner, or berthd;
+no other threads; the interpreter's fork hooks have run). It only makes
+syscalls, reads files of the container and writes one error line to a
+CLOEXEC pipe if something fails: a successful exec closes that pipe, which
+is how the parent knows.
+
+Every page the child writes is copied from its parent (copy-on-write), and
+in Python nearly every object touched is written (its reference count):
+so the parent builds what it can before the clone (`prepare`: the signals
+to reset, the capability and seccomp structures, argv and the environment)
+and the child only makes the calls.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
+import functools
 import gc
 import os
 import signal
@@ -55,8 +62,57 @@ class ChildFds:
     console: int = -1  # -t: a unix socket to send the pty master to (stdio fds unused)
 
 
-def find_executable(name: str, env: tuple[str, ...]) -> str:
-    """PATH lookup inside the container, with Docker's error texts."""
+@dataclass(frozen=True)
+class Prepared:
+    """A ChildPlan made ready by the cloning process, before the clone (module doc)."""
+
+    signals: tuple[int, ...]        # handlers to reset to SIG_DFL
+    unblock: bool                   # the parent blocks signals: clear the mask
+    caps: libc_mod.Capabilities
+    seccomp: libc_mod.Seccomp | None
+    env: dict[str, str]             # for execve
+    home: bool                      # HOME is set: else it comes from the user's passwd entry
+    path: str                       # $PATH, for the executable's lookup
+
+
+# Built once per capability set or BPF program by the long-lived cloner, not per start.
+_capabilities = functools.lru_cache(maxsize=32)(libc_mod.Capabilities)
+_seccomp = functools.lru_cache(maxsize=8)(libc_mod.Seccomp)
+
+
+def changed_signals() -> tuple[int, ...]:
+    """Signals whose handler the cloning process changed (Python's own SIGPIPE and
+    SIGXFSZ ignores, berthd's loop handlers): exec keeps ignored ones ignored, and a
+    handler of ours must not run in the child before its exec."""
+    out = []
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) is not signal.SIG_DFL:
+                out.append(sig)
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def prepare(plan: ChildPlan, signals: tuple[int, ...]) -> Prepared:
+    """`signals`: changed_signals() of the cloning process."""
+    env: dict[str, str] = {}
+    for e in plan.env:
+        k, _, v = e.partition("=")
+        env[k] = v
+    return Prepared(
+        signals=signals,
+        unblock=bool(signal.pthread_sigmask(signal.SIG_BLOCK, ())),
+        caps=_capabilities(plan.caps),
+        seccomp=_seccomp(plan.seccomp_bpf) if plan.seccomp_bpf else None,
+        env=env, home=any(e.startswith("HOME=") for e in plan.env),
+        path=next((e[5:] for e in plan.env if e.startswith("PATH=")), ""))
+
+
+def find_executable(name: str, path: str) -> str:
+    """Lookup in $PATH (`path`) inside the container, with Docker's error texts."""
     if "/" in name:
         try:
             st = os.stat(name)
@@ -65,7 +121,6 @@ def find_executable(name: str, env: tuple[str, ...]) -> str:
         if not os.access(name, os.X_OK) or (st.st_mode & 0o170000) == 0o040000:
             raise OSError(f'exec: "{name}": permission denied')
         return name
-    path = next((e[5:] for e in env if e.startswith("PATH=")), "")
     for d in path.split(":"):
         cand = os.path.join(d or ".", name)
         if os.path.isfile(cand) and os.access(cand, os.X_OK):
@@ -74,11 +129,20 @@ def find_executable(name: str, env: tuple[str, ...]) -> str:
 
 
 def _read(path: str) -> str:
+    # os.open and os.read: no buffered text file (its objects, fstat, ioctl and seeks).
     try:
-        with open(path) as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
 
 
 _TIOCSPTLCK = 0x40045431   # _IOW('T', 0x31, int)
@@ -97,12 +161,12 @@ def open_console(sock: int) -> int:
     return slave
 
 
-def child_main(plan: ChildPlan, fds: ChildFds, sys: Sys) -> NoReturn:
+def child_main(plan: ChildPlan, ready: Prepared, fds: ChildFds, sys: Sys) -> NoReturn:
     """Never returns: execs the command or exits EXIT_INIT_FAILED after reporting."""
     # A collection here would walk (and so copy-on-write) the daemon's whole heap.
     gc.disable()
     try:
-        _setup(plan, fds, sys)
+        _setup(plan, ready, fds, sys)
     except BaseException as e:
         msg = str(e) if isinstance(e, OSError) and e.errno is None else (
             f"{e.strerror or e}" if isinstance(e, OSError) and e.strerror else f"{e}")
@@ -115,16 +179,8 @@ def child_main(plan: ChildPlan, fds: ChildFds, sys: Sys) -> NoReturn:
     os._exit(EXIT_INIT_FAILED)  # pragma: no cover - _setup execs
 
 
-def _setup(plan: ChildPlan, fds: ChildFds, sys: Sys) -> None:
-    # Only what the daemon changed (Python's own SIGPIPE/SIGXFSZ ignores, the loop's
-    # handlers): exec keeps ignored signals ignored; 64 sigaction calls cost ~0.5 ms.
-    for sig in range(1, signal.NSIG):
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        with contextlib.suppress(OSError, ValueError, RuntimeError):
-            if signal.getsignal(sig) is not signal.SIG_DFL:
-                signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+def _setup(plan: ChildPlan, ready: Prepared, fds: ChildFds, sys: Sys) -> None:
+    libc_mod.default_signals(ready.signals, ready.unblock)
     if os.read(fds.go, 1) != b"g":
         os._exit(EXIT_INIT_FAILED)
     for fd, nstype in fds.join:
@@ -155,9 +211,9 @@ def _setup(plan: ChildPlan, fds: ChildFds, sys: Sys) -> None:
     os.closerange(3, fds.error)
     os.closerange(fds.error + 1, 1 << 20)
     who = users.resolve(plan.user, _read("/etc/passwd"), _read("/etc/group"))
-    env = plan.env
-    if not any(e.startswith("HOME=") for e in env):
-        env = (*env, f"HOME={who.home}")
+    env = ready.env
+    if not ready.home:
+        env["HOME"] = who.home   # the child's own copy of the dict
     if plan.make_workdir:
         os.makedirs(plan.working_dir, exist_ok=True)
     try:
@@ -165,15 +221,14 @@ def _setup(plan: ChildPlan, fds: ChildFds, sys: Sys) -> None:
     except OSError as e:
         raise OSError(f"chdir to cwd (\"{plan.working_dir}\") set in config.json failed: "
                       f"{e.strerror}") from None
-    exe = find_executable(plan.args[0], env)
-    libc_mod.drop_bounding(plan.caps)
-    os.setgroups(list(who.groups))
+    exe = find_executable(plan.args[0], ready.path)
+    ready.caps.drop_bounding()
+    os.setgroups(who.groups)
     os.setresgid(who.gid, who.gid, who.gid)
     os.setresuid(who.uid, who.uid, who.uid)
     if who.uid == 0:
-        libc_mod.capset(plan.caps, plan.caps, ())
+        ready.caps.set()
     libc_mod.set_no_new_privs()
-    if plan.seccomp_bpf:
-        libc_mod.load_seccomp_bpf(plan.seccomp_bpf)
-    env_map = {k: v for k, _, v in (e.partition("=") for e in env)}
-    os.execve(exe, list(plan.args), env_map)
+    if ready.seccomp is not None:
+        ready.seccomp.load()
+    os.execve(exe, plan.args, env)

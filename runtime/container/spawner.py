@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import pickle
 import signal
@@ -38,7 +39,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from runtime import rootfs
-from runtime.container.init import ChildFds, ChildPlan, child_main
+from runtime.container import init
+from runtime.container.init import ChildFds, ChildPlan
 from runtime.sys import Namespace, Sys
 from runtime.sys import libc as libc_mod
 
@@ -108,13 +110,21 @@ class InProcessCloner:
     """clone3 of the calling process itself (the spawner's own path, and berthd's
     when no spawner runs, e.g. an engine embedded in a test)."""
 
-    def __init__(self, sys: Sys, parent: bool = False) -> None:
+    def __init__(self, sys: Sys, parent: bool = False,
+                 signals: tuple[int, ...] | None = None) -> None:
         self.sys = sys
         self.parent = parent   # CLONE_PARENT: the child is our parent's child
+        # The signals whose handlers this process changed (init.changed_signals, ~0.1 ms):
+        # given once by a process whose handlers are fixed (the spawner), else read at
+        # each clone (berthd's loop adds handlers).
+        self.signals = signals
 
     def clone(self, plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
               pid_ns_fd: int, setup: ParentSetup) -> tuple[int, int]:
         own = -1
+        # Before the clone: the child then only makes calls.
+        ready = init.prepare(plan, self.signals if self.signals is not None
+                             else init.changed_signals())
         try:
             if pid_ns_fd >= 0:
                 # Joining a pid namespace only applies to children: switch ours for the
@@ -123,7 +133,7 @@ class InProcessCloner:
                 self.sys.setns(pid_ns_fd, Namespace.PID)
             pid, pidfd = libc_mod.clone3(namespaces, cgroup_fd, parent=self.parent)
             if pid == 0:
-                child_main(plan, fds, self.sys)
+                init.child_main(plan, ready, fds, self.sys)
         finally:
             if own >= 0:
                 self.sys.setns(own, Namespace.PID)
@@ -304,7 +314,7 @@ def start_spawner() -> Iterator[SpawnerClient]:
 
 def serve(sock: socket.socket, sys: Sys) -> None:
     """The spawner's loop: clone per request (CLONE_PARENT), hand back the pidfd."""
-    cloner = InProcessCloner(sys, parent=True)
+    cloner = InProcessCloner(sys, parent=True, signals=init.changed_signals())
     bpf: dict[bytes, bytes] = {}
     while True:
         got = _recv(sock)
@@ -351,6 +361,9 @@ def main(argv: list[str]) -> int:
     from runtime.sys.libc import LibcSys
 
     libc_mod.last_cap()   # cached here once, inherited by every child
+    # Everything allocated so far lives as long as the spawner: out of the collector's
+    # sight, so that no collection writes to (and, after a clone, copies) those pages.
+    gc.freeze()
     with socket.socket(fileno=int(argv[0])) as sock:
         serve(sock, LibcSys())
     return 0

@@ -65,6 +65,12 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 _libc.prctl.restype = ctypes.c_int
 _libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.capset.restype = ctypes.c_int
+_libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_libc.signal.restype = ctypes.c_void_p
+_libc.sigprocmask.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_libc.sigprocmask.restype = ctypes.c_int
+_SIG_SETMASK = 2
+_EMPTY_SIGSET = ctypes.create_string_buffer(128)   # sigset_t: 1024 bits, all clear
 _libc.syscall.restype = ctypes.c_long
 _pylibc.syscall.restype = ctypes.c_long
 _pylibc.syscall.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
@@ -101,11 +107,15 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
 
+def _error(what: str) -> OSError:
+    err = ctypes.get_errno()
+    name = errno_mod.errorcode.get(err, str(err))
+    return OSError(err, f"{what}: {name} ({os.strerror(err)})")
+
+
 def _check(rc: int, what: str) -> int:
     if rc < 0:
-        err = ctypes.get_errno()
-        name = errno_mod.errorcode.get(err, str(err))
-        raise OSError(err, f"{what}: {name} ({os.strerror(err)})")
+        raise _error(what)
     return rc
 
 
@@ -125,14 +135,18 @@ def _b(s: str | None) -> bytes | None:
 class LibcSys:
     """The real kernel, through libc."""
 
+    # The messages are built only on failure: these run in a container's child before
+    # its exec, where every object touched costs a copy-on-write page fault (an f-string
+    # with an IntFlag in it walks the enum machinery).
     def mount(self, source: str, target: str, fstype: str | None,
               flags: MountFlag, data: str | None = None) -> None:
-        kind = fstype or ("bind" if flags & MountFlag.BIND else "remount")
-        what = f"mount {kind} {source} on {target}"
-        _check(_libc.mount(_b(source), _b(target), _b(fstype), int(flags), _b(data)), what)
+        if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) < 0:
+            kind = fstype or ("bind" if flags & MountFlag.BIND else "remount")
+            raise _error(f"mount {kind} {source} on {target}")
 
     def umount(self, target: str, flags: Umount = Umount.NONE) -> None:
-        _check(_libc.umount2(_b(target), int(flags)), f"umount {target}")
+        if _libc.umount2(_b(target), flags) < 0:
+            raise _error(f"umount {target}")
 
     def pivot_root(self, new_root: str, put_old: str) -> None:
         _check(_syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)), f"pivot_root {new_root}")
@@ -144,7 +158,15 @@ class LibcSys:
         os.chroot(path)
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
-        os.makedirs(path, mode=mode, exist_ok=True)
+        # One mkdir for the usual case (the parent exists): os.makedirs stats the parent
+        # and splits the path in Python first.
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+        except FileNotFoundError:
+            os.makedirs(path, mode=mode, exist_ok=True)
 
     def touch(self, path: str) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
@@ -185,18 +207,22 @@ class LibcSys:
             os.close(fd)
 
     def unshare(self, flags: Namespace) -> None:
-        _check(_libc.unshare(int(flags)), f"unshare {flags!r}")
+        if _libc.unshare(flags) < 0:
+            raise _error(f"unshare {flags!r}")
 
     def setns(self, fd: int, nstype: Namespace) -> None:
-        _check(_libc.setns(fd, int(nstype)), f"setns {nstype!r}")
+        if _libc.setns(fd, nstype) < 0:
+            raise _error(f"setns {nstype!r}")
 
     def sethostname(self, name: str) -> None:
         raw = name.encode()
-        _check(_libc.sethostname(raw, len(raw)), f"sethostname {name}")
+        if _libc.sethostname(raw, len(raw)) < 0:
+            raise _error(f"sethostname {name}")
 
     def setdomainname(self, name: str) -> None:
         raw = name.encode()
-        _check(_libc.setdomainname(raw, len(raw)), f"setdomainname {name}")
+        if _libc.setdomainname(raw, len(raw)) < 0:
+            raise _error(f"setdomainname {name}")
 
 
 def clone(flags: Namespace) -> int:
@@ -278,34 +304,63 @@ def last_cap() -> int:
         return int(f.read())
 
 
-def drop_bounding(keep: Iterable[int]) -> None:
-    """Drop every capability not in keep from the bounding set; clear ambient."""
-    kept = set(keep)
-    for cap in range(last_cap() + 1):
-        if cap not in kept:
-            prctl(PR_CAPBSET_DROP, cap, what=f"prctl PR_CAPBSET_DROP {cap}")
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="prctl PR_CAP_AMBIENT_CLEAR_ALL")
+class Capabilities:
+    """One capability set made ready for a container's child by its parent, before the
+    clone: the bounding-set drops and capset(2)'s structures are built once (per set,
+    in the long-lived cloner), so the child only makes the calls."""
 
-
-def capset(effective: Iterable[int], permitted: Iterable[int], inheritable: Iterable[int]) -> None:
-    def words(caps: Iterable[int]) -> tuple[int, int]:
+    def __init__(self, keep: Iterable[int]) -> None:
+        kept = frozenset(keep)
+        self.drop = tuple(cap for cap in range(last_cap() + 1) if cap not in kept)
         mask = 0
-        for c in caps:
-            mask |= 1 << c
-        return mask & 0xFFFFFFFF, mask >> 32
+        for cap in kept:
+            mask |= 1 << cap
+        self._header = _CapHeader(version=_LINUX_CAPABILITY_VERSION_3, pid=0)
+        self._data = (_CapData * 2)()
+        for n in range(2):
+            word = (mask >> (32 * n)) & 0xFFFFFFFF
+            self._data[n].effective = self._data[n].permitted = word
+        self._args = (ctypes.addressof(self._header), ctypes.addressof(self._data))
 
-    hdr = _CapHeader(version=_LINUX_CAPABILITY_VERSION_3, pid=0)
-    data = (_CapData * 2)()
-    e, p, i = words(effective), words(permitted), words(inheritable)
-    for n in range(2):
-        data[n].effective, data[n].permitted, data[n].inheritable = e[n], p[n], i[n]
-    _check(_libc.capset(ctypes.byref(hdr), ctypes.byref(data)), "capset")
+    def drop_bounding(self) -> None:
+        """Drop every other capability from the bounding set; clear the ambient set."""
+        for cap in self.drop:
+            if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+                raise _error(f"prctl PR_CAPBSET_DROP {cap}")
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="prctl PR_CAP_AMBIENT_CLEAR_ALL")
+
+    def set(self) -> None:
+        """capset(2): effective = permitted = the set, inheritable empty."""
+        _check(_libc.capset(*self._args), "capset")
+
+
+class Seccomp:
+    """A compiled classic-BPF seccomp filter ready to load: its buffer and sock_fprog are
+    built once by the parent (no 8 KiB copy in each child)."""
+
+    def __init__(self, program: bytes) -> None:
+        self._buf = ctypes.create_string_buffer(program, len(program))
+        self._prog = _SockFprog(len=len(program) // 8,
+                                filter=ctypes.cast(self._buf, ctypes.c_char_p))
+        self._addr = ctypes.addressof(self._prog)
+
+    def load(self) -> None:
+        """Install the filter (needs no_new_privs or CAP_SYS_ADMIN)."""
+        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, self._addr, 0, 0),
+               "prctl PR_SET_SECCOMP")
 
 
 def load_seccomp_bpf(program: bytes) -> None:
     """Install a compiled classic-BPF seccomp filter (needs no_new_privs or CAP_SYS_ADMIN)."""
-    buf = ctypes.create_string_buffer(program, len(program))
-    prog = _SockFprog(len=len(program) // 8, filter=ctypes.cast(buf, ctypes.c_char_p))
-    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
-                       ctypes.cast(ctypes.pointer(prog), ctypes.c_void_p).value or 0, 0, 0),
-           "prctl PR_SET_SECCOMP")
+    Seccomp(program).load()
+
+
+def default_signals(signals: Iterable[int], unblock: bool) -> None:
+    """Back to SIG_DFL for each signal (failures ignored: glibc's own RT signals refuse),
+    and with `unblock` an empty signal mask: a container's child before its exec (which
+    keeps ignored signals ignored and the mask). Straight to libc: the signal module's
+    wrappers turn every handler they return into an enum member."""
+    for sig in signals:
+        _libc.signal(sig, None)
+    if unblock:
+        _libc.sigprocmask(_SIG_SETMASK, _EMPTY_SIGSET, None)
