@@ -5,10 +5,13 @@
    registered before the start), as a client of the unix socket, against
    `crun run` of the same rootfs and command (crun creates, starts, waits
    and deletes), each timed per run. crun runs as MACHINE-NOTES says: in a
-   private mount namespace with the unified cgroup.controllers hidden. The
-   target ratio is against bare `crun spec`'s bundle; a second crun row adds
-   berth's default isolation (user namespace, Docker's seccomp allow-list),
-   for what the same isolation costs crun.
+   private mount namespace with the unified cgroup.controllers hidden. Two
+   isolations on each side, so that three ratios compare like with like:
+   (a) berth as shipped vs bare `crun spec`'s bundle (the issue's target);
+   (b) berth with crun's isolation (no user namespace, no seccomp:
+   `--userns host --security-opt seccomp=unconfined`) vs bare crun;
+   (c) berth as shipped vs crun given berth's isolation (a user namespace
+   mapping and Docker's seccomp allow-list).
 2. CLI: `berth run --rm busybox true` end to end (a new CLI process each
    time) against `podman run --rm` and `docker run --rm` (Debian's dockerd
    with a private data root in the same namespace), all `--network none`.
@@ -160,14 +163,19 @@ def podman_env(work: Path) -> dict[str, str]:
 # --- the sides ------------------------------------------------------------------------
 
 
+# berth with the isolation bare `crun spec` has: no user namespace, no seccomp filter
+# (the "berth bare" side of bench.density, in the API's terms).
+CRUN_ISOLATION: dict[str, object] = {"UsernsMode": "host", "SecurityOpt": ["seccomp=unconfined"]}
+
+
 class ApiStart:
     """One timed run: create, register the wait, start, see the exit."""
 
-    def __init__(self, sock: Path) -> None:
+    def __init__(self, sock: Path, host_config: dict[str, object] | None = None) -> None:
         self.client = Client(Endpoint(unix_path=str(sock)))
         self.waiter = Client(Endpoint(unix_path=str(sock)))
         self.body = {"Image": IMAGE, "Cmd": ["/bin/true"],
-                     "HostConfig": {"NetworkMode": "none"}}
+                     "HostConfig": {"NetworkMode": "none", **(host_config or {})}}
         self.created: list[str] = []
 
     def __call__(self) -> None:
@@ -310,20 +318,28 @@ def main(args: argparse.Namespace) -> int:
                   f"{os.getloadavg()[0]:.1f} (2 cores)")
             print("1. through the API from a warm daemon vs crun run")
             start = ApiStart(sock)
+            bare = ApiStart(sock, CRUN_ISOLATION)
             bundle = crun_bundle(work, tar)
             isolated = crun_isolated_bundle(work, bundle)
             first = interleaved({
                 "berthd API create+start+exit": lambda n: timed(start, n, args.warmup),
+                "berthd API, crun's isolation": lambda n: timed(bare, n, args.warmup),
                 "crun run": lambda n: crun_times(work, bundle, n, args.warmup),
-                "crun run, userns+seccomp": lambda n: crun_times(work, isolated, n,
-                                                                 args.warmup),
+                "crun run, berth's isolation": lambda n: crun_times(work, isolated, n,
+                                                                    args.warmup),
             }, args.runs)
             start.cleanup()
-            api, crun, crun_iso = first.values()
-            print(f"  ratio berth/crun: {api / crun:.2f} (target <= 1.0); load average "
-                  f"{os.getloadavg()[0]:.1f}")
-            print(f"  ratio berth/crun with berth's isolation (user namespace, Docker's "
-                  f"seccomp allow-list): {api / crun_iso:.2f}")
+            bare.cleanup()
+            api, api_bare, crun, crun_iso = first.values()
+            print("  like for like (isolation: crun's = bare `crun spec`: no user namespace, "
+                  "no seccomp; berth's = a user namespace + Docker's seccomp allow-list):")
+            for label, ratio, note in (
+                    ("(a) berth default / crun default", api / crun,
+                     "  (the issue's target <= 1.0)"),
+                    ("(b) berth, crun's isolation / crun default", api_bare / crun, ""),
+                    ("(c) berth default / crun with berth's isolation", api / crun_iso, "")):
+                print(f"  {label + ':':<50}{ratio:5.2f}{note}")
+            print(f"  load average {os.getloadavg()[0]:.1f}")
 
             print("2. end to end: a new CLI process per run, --rm")
             sides: dict[str, Callable[[int], list[float]]] = {
