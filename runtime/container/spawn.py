@@ -80,10 +80,9 @@ def _recv_fd(sock: int) -> int:
     """The one fd the child sent before its exec (already queued: no wait)."""
     with socket.socket(fileno=os.dup(sock)) as s:
         s.setblocking(False)
-        _, fds, _, _ = socket.recv_fds(s, 16, 1)
+        _, fds = spawner.recv_fds(s, 16, 1)
     if not fds:
         raise OSError("no pty came from the container's init")
-    os.set_inheritable(fds[0], False)
     return fds[0]
 
 

@@ -206,12 +206,24 @@ def _send(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
         sock.sendall(data[sent:])
 
 
+def recv_fds(sock: socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int]]:
+    """Data and SCM_RIGHTS fds, the fds close-on-exec as they arrive (MSG_CMSG_CLOEXEC:
+    no ioctl per fd afterwards; the error pipe must close at the container's exec).
+    socket.recv_fds would do, but Python 3.11's drops its flags argument."""
+    item = struct.calcsize("i")
+    data, ancdata, _, _ = sock.recvmsg(size, socket.CMSG_LEN(max_fds * item),
+                                       socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, raw in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(raw) // item}i", raw[:len(raw) - len(raw) % item])
+    return data, fds
+
+
 def _recv(sock: socket.socket) -> tuple[bytes, list[int]] | None:
     """One message, or None at EOF. Received fds are made close-on-exec."""
-    data, fds, _, _ = socket.recv_fds(sock, 1 << 16, _MAX_FDS)
-    for fd in fds:
-        os.set_inheritable(fd, False)   # recvmsg gives inheritable fds: the error pipe
-    if not data:                        # must close at the container's exec
+    data, fds = recv_fds(sock, 1 << 16, _MAX_FDS)
+    if not data:
         for fd in fds:
             os.close(fd)
         return None
