@@ -160,13 +160,20 @@ _IGNORED_HOST_CONFIG = ("Ulimits", "ShmSize", "Init", "Devices", "DeviceRequests
                         "IpcMode", "PidMode", "UTSMode", "CgroupParent", "Runtime")
 
 
+def _limits(req: CreateRequest) -> dict[str, object]:
+    return {"memory": req.memory or req.memory_swap, "cpu": req.nano_cpus or req.cpu_shares,
+            "pids": req.pids_limit, "io": req.io_weight}
+
+
+def asks_limits(req: CreateRequest) -> bool:
+    return any(_limits(req).values())
+
+
 def unenforced_limits(req: CreateRequest, missing: Sequence[str], root: object) -> list[str]:
     """Create warnings for limits whose cgroup controller this host lacks (dockerd warns
     too, "Limitation discarded"); the docker CLI prints each as WARNING: ..."""
-    asked = {"memory": req.memory or req.memory_swap, "cpu": req.nano_cpus or req.cpu_shares,
-             "pids": req.pids_limit, "io": req.io_weight}
     return [f"{name} limit not applied: the {name} cgroup controller is not available "
-            f"under {root}" for name, value in asked.items() if value and name in missing]
+            f"under {root}" for name, value in _limits(req).items() if value and name in missing]
 
 
 def ignored_fields(body: Mapping[str, Any]) -> list[str]:

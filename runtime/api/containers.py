@@ -75,10 +75,11 @@ async def create(request: web.Request) -> web.StreamResponse:
     req = views.create_request(body, request.query.get("name") or None,
                                options_from_docker(body) if isinstance(body, dict) else {})
     rec = await mgr.create(req)
-    engine = mgr.info()
     warnings = list(rec.warnings) + (views.ignored_fields(body) if isinstance(body, dict)
-                                     else []) + views.unenforced_limits(
-        req, engine.cgroup_missing, engine.cgroup_root)
+                                     else [])
+    if views.asks_limits(req):   # mgr.info() counts every container's state
+        engine = mgr.info()
+        warnings += views.unenforced_limits(req, engine.cgroup_missing, engine.cgroup_root)
     return web.json_response({"Id": rec.id, "Warnings": warnings}, status=201)
 
 
