@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -152,21 +151,35 @@ class Source:
             FileFetcher() if settings.url.startswith("file://")
             else RequestsFetcher(app_user_agent=USER_AGENT))
         try:
-            self.updater = Updater(
-                metadata_dir=str(self.metadata_dir),
-                metadata_base_url=settings.metadata_url,
-                target_dir=str(self.download_dir),
-                target_base_url=settings.targets_url,
-                fetcher=self.fetcher,
-                config=UpdaterConfig(app_user_agent=USER_AGENT),
-            )
+            self.updater = self._updater()
         except (OSError, tuf_errors.RepositoryError) as e:
-            raise CheckError(f"trusted root in {self.metadata_dir} is unusable: {e}") from e
+            # A power cut soon after the trusted root was written can leave it empty or
+            # torn (python-tuf writes metadata without fsync; so did our first copy):
+            # refusing forever would leave the host without updates. The root the image
+            # or provisioning carries is the anchor it came from; python-tuf walks the
+            # signed root chain from it again (N.root.json, each checked by the last).
+            log.warning("trusted root in %s is unusable (%s); starting over from %s",
+                        self.metadata_dir, e, settings.trusted_root)
+            self._bootstrap_root(again=True)
+            try:
+                self.updater = self._updater()
+            except (OSError, tuf_errors.RepositoryError) as e:
+                raise CheckError(f"trusted root in {self.metadata_dir} is unusable: {e}") from e
 
-    def _bootstrap_root(self) -> None:
-        """First run: trust the root.json the image (or provisioning) carries."""
+    def _updater(self) -> Updater:
+        return Updater(
+            metadata_dir=str(self.metadata_dir),
+            metadata_base_url=self.settings.metadata_url,
+            target_dir=str(self.download_dir),
+            target_base_url=self.settings.targets_url,
+            fetcher=self.fetcher,
+            config=UpdaterConfig(app_user_agent=USER_AGENT),
+        )
+
+    def _bootstrap_root(self, again: bool = False) -> None:
+        """First run (or again): trust the root.json the image (or provisioning) carries."""
         local = self.metadata_dir / "root.json"
-        if local.is_file():
+        if local.is_file() and not again:
             return
         src = self.settings.trusted_root
         if src is None or not src.is_file():
@@ -176,8 +189,18 @@ class Source:
             )
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(".root.json.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(local)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, src.read_bytes())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, local)
+        dfd = os.open(self.metadata_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def refresh(self) -> ReleaseManifest | None:
         """Refresh metadata (all TUF checks) and return the channel's signed manifest."""

@@ -264,3 +264,17 @@ def test_the_agent_reads_its_memory_peak_from_its_own_cgroup(tmp_path: Path) -> 
     unit.mkdir(parents=True)
     (unit / "memory.peak").write_text("61865984\n")
     assert host.memory_peak() == 61865984
+
+
+@pytest.mark.parametrize("torn", [b"", b'{"signed": {"_type": "ro'])
+def test_a_trusted_root_torn_by_a_power_cut_is_taken_again_from_the_image(
+        world: World, torn: bytes) -> None:
+    """Cut soon after the first run copied the trusted root (or python-tuf replaced it):
+    the host must not refuse updates forever; it starts the root chain over."""
+    make_release(world.b.folder, "0.2.0", world.repo)
+    world.agent.check()
+    root = world.agent.settings.state_dir / "metadata" / "root.json"
+    root.write_bytes(torn)
+    result = world.agent.apply()
+    assert result.state.phase is Phase.REBOOTING and world.host.reboots == ["0.1.0"]
+    assert json.loads(root.read_bytes())["signed"]["_type"] == "root"

@@ -103,8 +103,9 @@ def cut_at(m: Machine, aim: Aim, attempt: int, timeout: float = 900) -> str:
     """
     deadline = time.monotonic() + timeout
     while not ((state := agent_state(m)).get("attempts") == attempt and aim.matches(state)):
-        if state.get("attempts") == attempt and state.get("phase") in (
-                "staged", "rebooting", "failed"):
+        if state.get("phase") == "failed":  # (a cut leaves downloading/writing, never this)
+            raise AssertionError(f"the agent failed instead of starting over: {state}")
+        if state.get("attempts") == attempt and state.get("phase") in ("staged", "rebooting"):
             raise AssertionError(f"the agent went past {aim} without the test seeing it: "
                                  f"{state}")
         if time.monotonic() > deadline:
