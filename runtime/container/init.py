@@ -181,6 +181,13 @@ def child_main(plan: ChildPlan, ready: Prepared, fds: ChildFds, sys: Sys) -> NoR
 
 def _setup(plan: ChildPlan, ready: Prepared, fds: ChildFds, sys: Sys) -> None:
     libc_mod.default_signals(ready.signals, ready.unblock)
+    # What needs neither the id maps nor the mounts (and cannot fail) is done while the
+    # cloner makes them: the child would only wait for "go" meanwhile.
+    if not plan.tty:
+        os.dup2(fds.stdin, 0)
+        os.dup2(fds.stdout, 1)
+        os.dup2(fds.stderr, 2)
+        os.setsid()
     if os.read(fds.go, 1) != b"g":
         os._exit(EXIT_INIT_FAILED)
     for fd, nstype in fds.join:
@@ -196,16 +203,11 @@ def _setup(plan: ChildPlan, ready: Prepared, fds: ChildFds, sys: Sys) -> None:
         sys.sethostname(plan.hostname)
     if plan.domainname:
         sys.setdomainname(plan.domainname)
-    if plan.tty:
+    if plan.tty:   # a pty of the container's own devpts: after the mounts
         slave = open_console(fds.console)
         for n in (0, 1, 2):
             os.dup2(slave, n)
-    else:
-        os.dup2(fds.stdin, 0)
-        os.dup2(fds.stdout, 1)
-        os.dup2(fds.stderr, 2)
-    os.setsid()
-    if plan.tty:
+        os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     # Nothing of the daemon's (sockets, other containers' FIFOs) may leak in.
     os.closerange(3, fds.error)
