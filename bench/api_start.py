@@ -54,6 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=30, help="timed runs per side (30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (3)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help=f"rounds the sides alternate in ({ROUNDS})")
     parser.add_argument("--no-podman", action="store_true", help="skip podman")
     parser.add_argument("--no-docker", action="store_true", help="skip docker")
     parser.add_argument("--cli-site", action="store_true",
@@ -282,16 +284,23 @@ def row(name: str, times: list[float]) -> float:
     return med
 
 
-ROUNDS = 5  # sides alternate in rounds: a shared machine's load drifts during a run
+# Sides alternate in rounds: a shared machine's load drifts during a run (and on these
+# 2-core machines other sessions' work comes and goes within seconds), so the more
+# rounds, the more alike the conditions each side is measured in.
+ROUNDS = 10
+
+Side = Callable[[int, int], list[float]]   # (runs, warmup runs) -> seconds per run
 
 
-def interleaved(sides: dict[str, Callable[[int], list[float]]], runs: int) -> dict[str, float]:
-    """Each side's median over `runs`, measured in alternating rounds."""
+def interleaved(sides: dict[str, Side], runs: int, warmup: int,
+                rounds: int = ROUNDS) -> dict[str, float]:
+    """Each side's median over `runs`, measured in alternating rounds (warm-up runs in
+    the first round only)."""
     times: dict[str, list[float]] = {name: [] for name in sides}
-    per_round = max(1, runs // ROUNDS)
-    for _ in range(ROUNDS):
+    per_round = max(1, runs // rounds)
+    for r in range(rounds):
         for name, measure in sides.items():
-            times[name] += measure(per_round)
+            times[name] += measure(per_round, warmup if r == 0 else 0)
     return {name: row(name, t) for name, t in times.items()}
 
 
@@ -314,7 +323,7 @@ def main(args: argparse.Namespace) -> int:
                      "-H", host]
             run([*berth, "import", str(tar), IMAGE])
             print(f"start of /bin/true, busybox, --network none; median of {args.runs}, "
-                  f"sides alternating in {ROUNDS} rounds; load average "
+                  f"sides alternating in {args.rounds} rounds; load average "
                   f"{os.getloadavg()[0]:.1f} (2 cores)")
             print("1. through the API from a warm daemon vs crun run")
             start = ApiStart(sock)
@@ -322,12 +331,11 @@ def main(args: argparse.Namespace) -> int:
             bundle = crun_bundle(work, tar)
             isolated = crun_isolated_bundle(work, bundle)
             first = interleaved({
-                "berthd API create+start+exit": lambda n: timed(start, n, args.warmup),
-                "berthd API, crun's isolation": lambda n: timed(bare, n, args.warmup),
-                "crun run": lambda n: crun_times(work, bundle, n, args.warmup),
-                "crun run, berth's isolation": lambda n: crun_times(work, isolated, n,
-                                                                    args.warmup),
-            }, args.runs)
+                "berthd API create+start+exit": lambda n, w: timed(start, n, w),
+                "berthd API, crun's isolation": lambda n, w: timed(bare, n, w),
+                "crun run": lambda n, w: crun_times(work, bundle, n, w),
+                "crun run, berth's isolation": lambda n, w: crun_times(work, isolated, n, w),
+            }, args.runs, args.warmup, args.rounds)
             start.cleanup()
             bare.cleanup()
             api, api_bare, crun, crun_iso = first.values()
@@ -342,25 +350,23 @@ def main(args: argparse.Namespace) -> int:
             print(f"  load average {os.getloadavg()[0]:.1f}")
 
             print("2. end to end: a new CLI process per run, --rm")
-            sides: dict[str, Callable[[int], list[float]]] = {
-                "berth run --rm": lambda n: timed(cli_run(
-                    [*berth, "run", "--rm", "--network", "none", IMAGE, "true"]),
-                    n, args.warmup)}
+            sides: dict[str, Side] = {
+                "berth run --rm": lambda n, w: timed(cli_run(
+                    [*berth, "run", "--rm", "--network", "none", IMAGE, "true"]), n, w)}
             with contextlib.ExitStack() as stack:
                 if not args.no_podman:
                     env = podman_env(work)
                     run(["podman", "import", str(tar), IMAGE], env=env)
-                    sides["podman run --rm"] = lambda n: timed(cli_run(
+                    sides["podman run --rm"] = lambda n, w: timed(cli_run(
                         ["podman", "run", "--rm", "--network", "none", IMAGE, "true"], env),
-                        n, args.warmup)
+                        n, w)
                 if not args.no_docker:
                     dsock = stack.enter_context(start_dockerd(ns, work))
                     docker = [DOCKER, "-H", f"unix://{dsock}"]
                     run([*docker, "import", str(tar), IMAGE])
-                    sides["docker run --rm"] = lambda n: timed(cli_run(
-                        [*docker, "run", "--rm", "--network", "none", IMAGE, "true"]),
-                        n, args.warmup)
-                second = interleaved(sides, args.runs)
+                    sides["docker run --rm"] = lambda n, w: timed(cli_run(
+                        [*docker, "run", "--rm", "--network", "none", IMAGE, "true"]), n, w)
+                second = interleaved(sides, args.runs, args.warmup, args.rounds)
             b = second.pop("berth run --rm")
             for name, med in second.items():
                 print(f"  ratio berth/{name.split()[0]}: {b / med:.2f} (target <= 0.4)")
