@@ -10,7 +10,14 @@ the target is berth <= 1.2x crun.
 
 The sides alternate in rounds (N/5 containers each per round, all kept
 running), and each side's figures sum only its own rounds, so the machine's
-drift hits every side alike. Sides: berth as it ships; "berth bare" (no
+drift hits every side alike. The steady figure is the charge without file page
+cache: the page cache in our memory cgroup moves by up to ~25 KiB per
+container during a side's rounds for reasons of its own (seen on the crun
+side too: its charge 277-300 KiB while its figure without file cache stayed
+at 303-306 in four runs of session 3), so the charged ratio swings by ~0.1
+from run to run. Figures are read after a settle on the event loop, so that
+what a start left to do (berth detaches the host's rootfs copies in a worker
+thread) is done within the round that caused it. Sides: berth as it ships; "berth bare" (no
 user namespace, no seccomp filter: the isolation bare crun has) to show what
 those two cost; bare crun.
 
