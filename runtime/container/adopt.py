@@ -71,7 +71,7 @@ async def adopt_all(mgr: ContainerManager) -> None:
         if status.has_process and still_running(mgr, c):
             _readopt(mgr, c)
             continue
-        c.stopped.set()
+        c.mark_stopped(True)
         if status.has_process:
             oom = mgr.hierarchy.container(c.id).oom_kills() > 0
             mgr.save(c, status=Status.EXITED, exit_code=start_mod.UNKNOWN_EXIT,
@@ -106,7 +106,7 @@ def _readopt(mgr: ContainerManager, c: Container) -> None:
     pid = c.state.pid
     c.pidfd = os.pidfd_open(pid)
     c.is_child = parent_of(pid) == os.getpid()
-    c.stopped.clear()
+    c.mark_stopped(False)
     cg = mgr.hierarchy.container(c.id)
     c.oom_at_start = 0
     c.oom_seen = cg.oom_kills()

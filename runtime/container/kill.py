@@ -40,7 +40,7 @@ async def stop(mgr: ContainerManager, c: Container, timeout: float | None = None
         if c.restart_task is not None:
             c.restart_task.cancel()
         mgr.save(c, status=Status.EXITED, stopped_by_user=True)
-        c.stopped.set()
+        c.mark_stopped(True)
         mgr.publish(c, "stop")
         return
     if not status.can_stop():

@@ -82,7 +82,7 @@ def _frozen_map(m: Mapping[str, str] | None = None) -> Mapping[str, str]:
     return MappingProxyType(dict(m or {}))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # one per container, kept by berthd
 class CreateRequest:
     image: str
     cmd: tuple[str, ...] | None = None
@@ -129,7 +129,7 @@ class ExecRequest:
     privileged: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
     """What the container runs, after the image's defaults were applied."""
 
