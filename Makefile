@@ -3,7 +3,7 @@
 #   make test   run every test layer (unit, privileged, vm); .ci/run calls this
 PY := .venv/bin/python
 
-.PHONY: deps image qemu test test-rollout test-unit test-privileged test-vm bench lint clean
+.PHONY: deps image qemu test test-unit test-privileged test-vm bench lint clean
 
 deps:
 	@scripts/install-deps.sh
@@ -14,13 +14,8 @@ image: deps
 qemu: image
 	$(PY) -m hostos qemu
 
-# The A/B update scenarios (marker `rollout`: tests/vm/test_update*.py, 4-8 min
-# of TCG boots each) have not passed twice in a row yet: `make test-rollout`.
 test: deps image
-	$(PY) -m pytest -m "not rollout" tests
-
-test-rollout: deps image
-	$(PY) -m pytest -m rollout tests
+	$(PY) -m pytest tests
 
 test-unit: deps
 	$(PY) -m pytest -m unit tests
@@ -29,7 +24,7 @@ test-privileged: deps
 	$(PY) -m pytest -m privileged tests
 
 test-vm: deps image
-	$(PY) -m pytest -m "vm and not rollout" tests
+	$(PY) -m pytest -m vm tests
 
 lint: deps
 	$(PY) -m ruff check .

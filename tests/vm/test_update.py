@@ -36,9 +36,6 @@ from tests.vm.update_support import (
     wait_blessed,
 )
 
-# Passed once in session 2 (~4 min of TCG, plus building B); make test takes it
-# once it has passed twice in a row (the shared VM lock allowed one run).
-pytestmark = pytest.mark.rollout
 # MB: hostos-update.service's memory peak while applying (it was ~704 MB when the
 # apply left the release in the page cache).
 MEMORY_PEAK_MB = 150

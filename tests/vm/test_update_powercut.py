@@ -46,8 +46,6 @@ from tests.vm.update_support import (
     wait_blessed,
 )
 
-pytestmark = pytest.mark.rollout
-
 
 class Aim:
     """A saved agent phase (and install step) to cut in, after a random delay."""

@@ -44,10 +44,6 @@ from tests.vm.update_support import (
     wait_blessed,
 )
 
-# Passed once in session 2 (~8 min of TCG); make test takes it once it has
-# passed twice in a row.
-pytestmark = pytest.mark.rollout
-
 BOOT_TRIES = 2
 BREAK_BERTHD = "systemd.mask=berthd.socket systemd.mask=berthd.service"
 
