@@ -33,7 +33,8 @@ class KeyStoreError(HostosError):
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a file atomically (temp + fsync + rename), never world-readable."""
+    """Write a file atomically and durably (temp + fsync + rename + fsync of the
+    directory); never world-readable unless `mode` says so (published metadata)."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:

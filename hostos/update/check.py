@@ -37,6 +37,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
 from hostos.errors import HostosError
+from hostos.keys import write_private
 from hostos.update.config import UpdateSettings
 from hostos.update.manifest import ArtifactKind, ReleaseManifest, channel_target
 from hostos.update.uncached import UncachedWriter, digests, read_chunks
@@ -188,19 +189,8 @@ class Source:
                 "or provisioning writes /etc/hostos/tuf/root.json ([update] tuf_root)"
             )
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(".root.json.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, src.read_bytes())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, local)
-        dfd = os.open(self.metadata_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        # fsynced file and directory: a torn root.json after a power cut stopped updates for good
+        write_private(local, src.read_bytes(), 0o644)
 
     def refresh(self) -> ReleaseManifest | None:
         """Refresh metadata (all TUF checks) and return the channel's signed manifest."""
