@@ -90,14 +90,37 @@ def run_tmpfs(path: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def netns() -> Iterator[str]:
-    name = f"berth-bench-{uuid.uuid4().hex[:8]}"
+def netns(prefix: str = "berth-bench") -> Iterator[str]:
+    """A network namespace made for the run (loopback up); its path."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     run(["ip", "netns", "add", name])
     try:
         run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])
         yield f"/run/netns/{name}"
     finally:
         run(["ip", "netns", "delete", name], check=False)
+
+
+@contextmanager
+def inside_netns(prefix: str) -> Iterator[None]:
+    """This thread (and what it starts) in a network namespace made for the run, and back
+    in its own at the end: the benches that run an engine in-process."""
+    from runtime.sys import Namespace
+    from runtime.sys.libc import LibcSys
+
+    sys_ = LibcSys()
+    with netns(prefix) as path:
+        own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sys_.setns(target, Namespace.NET)
+            try:
+                yield
+            finally:
+                sys_.setns(own, Namespace.NET)
+        finally:
+            os.close(own)
+            os.close(target)
 
 
 def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:

@@ -50,7 +50,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.api_start import run_tmpfs
+from bench.api_start import inside_netns, run_tmpfs
 from runtime import cgroups
 from runtime.container.manager import ContainerManager, EngineConfig
 from runtime.container.spawner import SpawnerClient
@@ -59,8 +59,7 @@ from runtime.events import EventBus
 from runtime.run import run
 from runtime.store.archive import import_rootfs
 from runtime.store.images import ImageStore
-from runtime.sys import Namespace
-from runtime.sys.libc import LibcSys, set_child_subreaper
+from runtime.sys.libc import set_child_subreaper
 
 DESCRIPTION = "density: N idle containers, MemAvailable per container vs crun run -d, RSS"
 IMAGE = "busybox:bench"
@@ -379,11 +378,6 @@ def main(args: argparse.Namespace) -> int:
         return main_parts(n, with_bare=not args.no_bare)
     tmp = Path(tempfile.mkdtemp(prefix="berth-density-"))
     tmp.chmod(0o711)
-    netns = f"berth-density-{uuid.uuid4().hex[:8]}"
-    run(["ip", "netns", "add", netns])
-    sys = LibcSys()
-    own = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     load0 = os.getloadavg()
     try:
         from tests.privileged.images import busybox_rootfs_tar
@@ -392,17 +386,14 @@ def main(args: argparse.Namespace) -> int:
         images = ImageStore(tmp / "data")
         with tar.open("rb") as f:
             import_rootfs(images, f, tag=IMAGE)
-        sys.setns(target, Namespace.NET)
         print(f"starting {n} idle containers per side, sides alternating in {ROUNDS} rounds",
               flush=True)
-        with run_tmpfs(tmp / "run"):
+        with inside_netns("berth-density"), run_tmpfs(tmp / "run"):
             sides, rss_per, removed = asyncio.run(berth_and_peers(
                 tmp, n, images, tar, with_crun=not args.no_crun, bare=not args.no_bare,
                 podman=args.podman))
         p = sides.pop("podman", None)
     finally:
-        sys.setns(own, Namespace.NET)
-        run(["ip", "netns", "delete", netns], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     load1 = os.getloadavg()
     kib = 1024

@@ -256,22 +256,15 @@ def main_parts(n: int, with_bare: bool) -> int:
     """Run the breakdown (called by `density --parts`)."""
     import shutil
     import tempfile
-    import uuid
 
-    from bench.api_start import run_tmpfs
+    from bench.api_start import inside_netns, run_tmpfs
     from runtime.store.archive import import_rootfs
     from runtime.store.images import ImageStore
-    from runtime.sys import Namespace
-    from runtime.sys.libc import LibcSys, set_child_subreaper
+    from runtime.sys.libc import set_child_subreaper
     from tests.privileged.images import busybox_rootfs_tar
 
     tmp = Path(tempfile.mkdtemp(prefix="berth-density-parts-"))
     tmp.chmod(0o711)
-    netns = f"berth-density-{uuid.uuid4().hex[:8]}"
-    run(["ip", "netns", "add", netns])
-    sys_ = LibcSys()
-    own = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     load0 = os.getloadavg()
 
     async def go(run_root: Path, tar: Path, images: ImageStore) -> None:
@@ -311,12 +304,9 @@ def main_parts(n: int, with_bare: bool) -> int:
         images = ImageStore(tmp / "data")
         with tar.open("rb") as f:
             import_rootfs(images, f, tag=d.IMAGE)
-        sys_.setns(target, Namespace.NET)
-        with run_tmpfs(tmp / "run") as run_root:
+        with inside_netns("berth-density"), run_tmpfs(tmp / "run") as run_root:
             asyncio.run(go(run_root, tar, images))
     finally:
-        sys_.setns(own, Namespace.NET)
-        run(["ip", "netns", "delete", netns], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     load1 = os.getloadavg()
     print(f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import tempfile
@@ -22,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.api_start import run_tmpfs
+from bench.api_start import inside_netns, run_tmpfs
 from runtime import cgroups
 from runtime.container.manager import ContainerManager, EngineConfig
 from runtime.container.spec import CreateRequest
@@ -30,8 +29,7 @@ from runtime.events import EventBus
 from runtime.run import run
 from runtime.store.archive import import_rootfs
 from runtime.store.images import ImageStore
-from runtime.sys import Namespace
-from runtime.sys.libc import LibcSys, set_child_subreaper
+from runtime.sys.libc import set_child_subreaper
 
 DESCRIPTION = "start latency of /bin/true: engine create+start+wait vs crun run (ratio)"
 IMAGE = "busybox:bench"
@@ -92,11 +90,6 @@ def main(args: argparse.Namespace) -> int:
     n = args.samples
     tmp = Path(tempfile.mkdtemp(prefix="berth-startbench-"))
     tmp.chmod(0o711)   # the run dirs below: searchable by containers' mapped roots
-    netns = f"berth-startbench-{uuid.uuid4().hex[:8]}"
-    run(["ip", "netns", "add", netns])
-    sys = LibcSys()
-    own = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     try:
         from tests.privileged.images import busybox_rootfs_tar
 
@@ -104,14 +97,12 @@ def main(args: argparse.Namespace) -> int:
         images = ImageStore(tmp / "data")
         with tar.open("rb") as f:
             import_rootfs(images, f, tag=IMAGE)
-        sys.setns(target, Namespace.NET)
-        with run_tmpfs(tmp / "run"):   # run state on tmpfs for both, as deployed (/run)
+        # run state on tmpfs for both, as deployed (/run)
+        with inside_netns("berth-startbench"), run_tmpfs(tmp / "run"):
             b = asyncio.run(berth_samples(tmp, images, n))
             set_child_subreaper(False)
             c = crun_samples(tmp, tar, n)
     finally:
-        sys.setns(own, Namespace.NET)
-        run(["ip", "netns", "delete", netns], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     bm, cm = statistics.median(b) * 1000, statistics.median(c) * 1000
     print(f"\nstart of /bin/true, median of {n}")

@@ -570,13 +570,3 @@ def _matches(rec: ContainerRecord, filters: Mapping[str, Sequence[str]]) -> bool
                                     and str(rec.state.exit_code) in values):
             return False
     return True
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
