@@ -232,6 +232,9 @@ class BootDisk:
             out.flush()
         finally:
             os.close(fd)
+        if out.zeroed:
+            log.info("%s: %d MiB written, %d MiB of zeros zeroed in place", artifact.target,
+                     (out.written - out.zeroed) >> 20, out.zeroed >> 20)
         written = out.written
         if written != artifact.size or h.hexdigest() != artifact.sha256:
             raise SlotError(f"{artifact.target}: wrote {written} bytes with sha256 "
