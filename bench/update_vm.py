@@ -32,8 +32,8 @@ DESCRIPTION = "A/B update under QEMU: update found -> B blessed, vs a plain rebo
 ROOT = Path(__file__).resolve().parents[1]
 READY_UNIT = "berthd.service"
 # Agent journal lines that start each phase (hostos.update.check / slots / agent).
-PHASES = (("download + verify", "downloading "), ("write slot + UKI", "writing "),
-          ("stage -> reboot", "staged "))
+PHASES = (("download + verify", "downloading "), ("write /usr slot", "writing "),
+          ("write UKI", "writing the UKI "), ("stage -> reboot", "staged "))
 _MONO = re.compile(r"^\[\s*(\d+\.\d+)\]\s+\S+\s+\S+\s+(.*)$")
 
 
@@ -123,6 +123,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'step':<36}{'s':>8}")
     for name, secs in phases.items():
         print(f"{'  agent: ' + name:<36}{secs:>8.0f}")
+    for line in journal.splitlines():
+        if "zeroed in place" in line:   # slots.write_partition: what was not written
+            print(f"  {line.split(': ', 1)[-1]}")
     print(f"{'found -> reboot (apply)':<36}{t_reset:>8.0f}")
     print(f"{'found -> berthd on ' + b.version:<36}{t_ready:>8.0f}")
     print(f"{'found -> ' + b.version + ' blessed':<36}{t_blessed:>8.0f}")

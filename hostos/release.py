@@ -90,6 +90,25 @@ def extract_usr(image: ImageArtifacts, workdir: Path) -> dict[ArtifactKind, Extr
     return out
 
 
+def trim_zero_tail(ex: Extracted) -> tuple[Extracted, int]:
+    """The partition without its trailing zeros (cut at a 4 KiB boundary), and how many
+    bytes were cut: the agent zeroes them in place instead of receiving them."""
+    end = ex.size
+    with ex.path.open("rb+") as f:
+        while end:
+            n = min(CHUNK, end)
+            f.seek(end - n)
+            kept = len(f.read(n).rstrip(b"\0"))
+            end -= n - kept
+            if kept:
+                break
+        keep = min(ex.size, -(-end // 4096) * 4096)
+        if keep == ex.size:
+            return ex, 0
+        f.truncate(keep)
+    return _hash_file(ex.path), ex.size - keep
+
+
 def _hash_file(path: Path) -> Extracted:
     h = hashlib.sha256()
     n = 0
@@ -135,10 +154,14 @@ def make_release(image_dir: Path, version: str, repo: Repository, *, channel: st
         specs: list[TargetSpec] = []
         artifacts: dict[ArtifactKind, Artifact] = {}
         for kind, ex in raw.items():
-            log.info("compressing %s (%d MiB, %s)", kind, ex.size >> 20, compression)
+            tail = 0
+            if kind is not ArtifactKind.UKI:   # a partition: its zero tail is not shipped
+                ex, tail = trim_zero_tail(ex)
+            log.info("compressing %s (%d MiB, %s; %d MiB of trailing zeros not shipped)",
+                     kind, ex.size >> 20, compression, tail >> 20)
             packed = _compress(ex.path, work / f"{kind}{compression.suffix}", compression)
             name = f"{version}/{kind}{compression.suffix}"
-            artifacts[kind] = Artifact(name, ex.size, ex.sha256, compression)
+            artifacts[kind] = Artifact(name, ex.size, ex.sha256, compression, tail)
             specs.append(TargetSpec(name, packed, {"berth": {"kind": str(kind),
                                                              "version": version}}))
         manifest = ReleaseManifest(v, image.usrhash, artifacts,

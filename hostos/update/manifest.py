@@ -6,6 +6,13 @@ both as its content and as its TUF `custom` field, so the agent decides
 Each artifact is a target of its own, compressed; `size` and `sha256`
 describe the *decompressed* bytes that land in a partition or the ESP, so
 the agent can check what it wrote, and what a slot already holds.
+
+A partition's trailing zeros are not shipped: `zero_tail` says how many
+follow the shipped bytes (a 512 MiB /usr slot holds a ~60 MB erofs), and
+the agent zeroes them in place, so the slot is the built partition byte for
+byte, as its verity tree covers it. Such a manifest is format 2: an agent
+that knows only format 1 refuses it rather than leave a tail dm-verity would
+fail on a read (udev's probes read the end of a device).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from typing import Any
 from hostos.update.version import Version
 
 MANIFEST_FORMAT = 1
+ZERO_TAIL_FORMAT = 2   # the format of a manifest with an artifact's zero_tail
+FORMATS = (MANIFEST_FORMAT, ZERO_TAIL_FORMAT)
 
 
 class ArtifactKind(StrEnum):
@@ -42,10 +51,19 @@ class Artifact:
     size: int
     sha256: str
     compression: Compression
+    zero_tail: int = 0   # zero bytes that follow `size` in the partition, not shipped
+
+    @property
+    def length(self) -> int:
+        """Bytes it takes in its partition."""
+        return self.size + self.zero_tail
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "size": self.size, "sha256": self.sha256,
-                "compression": str(self.compression)}
+        doc: dict[str, Any] = {"target": self.target, "size": self.size,
+                               "sha256": self.sha256, "compression": str(self.compression)}
+        if self.zero_tail:
+            doc["zero_tail"] = self.zero_tail
+        return doc
 
 
 @dataclass(frozen=True)
@@ -57,8 +75,9 @@ class ReleaseManifest:
     rollout: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        zero_tail = any(a.zero_tail for a in self.artifacts.values())
         return {
-            "format": MANIFEST_FORMAT,
+            "format": ZERO_TAIL_FORMAT if zero_tail else MANIFEST_FORMAT,
             "version": str(self.version),
             "usrhash": self.usrhash,
             "artifacts": {str(k): a.to_json() for k, a in self.artifacts.items()},
@@ -72,7 +91,7 @@ class ReleaseManifest:
     def from_json(cls, data: Any) -> ReleaseManifest:
         """Parse signed custom metadata; ValueError says which field is wrong."""
         try:
-            if data["format"] != MANIFEST_FORMAT:
+            if data["format"] not in FORMATS:
                 raise ValueError(f"unsupported release manifest format {data['format']!r}")
             usrhash = str(data["usrhash"])
             bytes.fromhex(usrhash)
@@ -80,9 +99,12 @@ class ReleaseManifest:
                 raise ValueError("usrhash is not a sha256 root hash")
             artifacts = {
                 ArtifactKind(k): Artifact(str(a["target"]), int(a["size"]), str(a["sha256"]),
-                                          Compression(a["compression"]))
+                                          Compression(a["compression"]),
+                                          int(a.get("zero_tail", 0)))
                 for k, a in data["artifacts"].items()
             }
+            if any(a.size < 0 or a.zero_tail < 0 for a in artifacts.values()):
+                raise ValueError("an artifact has a negative size")
             missing = set(ArtifactKind) - set(artifacts)
             if missing:
                 raise ValueError(f"artifacts {sorted(missing)} missing")

@@ -145,7 +145,7 @@ class SlotTable:
                             f"{self.active.name}): nothing to install")
         for kind, part in ((ArtifactKind.USR, self.inactive.usr),
                            (ArtifactKind.VERITY, self.inactive.verity)):
-            need = release.artifacts[kind].size
+            need = release.artifacts[kind].length
             if need > part.size(ss):
                 raise SlotError(f"release {release.version}: {kind} is {need} bytes but slot "
                                 f"{self.inactive.name} holds {part.size(ss)}")
@@ -210,11 +210,12 @@ class BootDisk:
 
     def write_partition(self, part: gpt.Partition, source: Path, artifact: Artifact,
                         progress: Progress | None = None) -> None:
-        """Decompress source into part, never past its end; check size and sha256."""
+        """Decompress source into part, never past its end; check size and sha256; zero
+        the artifact's zero_tail after it."""
         ss = self.sector_size
         start, limit = part.offset(ss), part.size(ss)
-        if artifact.size > limit:
-            raise SlotError(f"{artifact.target}: {artifact.size} bytes do not fit partition "
+        if artifact.length > limit:
+            raise SlotError(f"{artifact.target}: {artifact.length} bytes do not fit partition "
                             f"{part.number} ({limit})")
         h = hashlib.sha256()
         fd = os.open(self.path, os.O_WRONLY)
@@ -229,13 +230,16 @@ class BootDisk:
                     h.update(chunk)
                     if progress:
                         progress(artifact.target, out.written, artifact.size)
+            shipped = out.written
+            if shipped == artifact.size:
+                out.zero_fill(artifact.zero_tail)
             out.flush()
         finally:
             os.close(fd)
         if out.zeroed:
             log.info("%s: %d MiB written, %d MiB of zeros zeroed in place", artifact.target,
                      (out.written - out.zeroed) >> 20, out.zeroed >> 20)
-        written = out.written
+        written = shipped
         if written != artifact.size or h.hexdigest() != artifact.sha256:
             raise SlotError(f"{artifact.target}: wrote {written} bytes with sha256 "
                             f"{h.hexdigest()[:12]}…, signed {artifact.size} / "

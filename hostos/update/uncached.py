@@ -104,6 +104,27 @@ class UncachedWriter:
             if self.written - self._dropped >= WINDOW:
                 self.flush()
 
+    def zero_fill(self, length: int) -> None:
+        """Zeros for the next `length` bytes: its whole aligned blocks zeroed in place in
+        one call (a block device's BLKZEROOUT, a file's hole), the edges written."""
+        head = min(length, -(self.start + self.written) % ZERO_BLOCK)
+        whole = (length - head) // ZERO_BLOCK * ZERO_BLOCK
+        self._write_zeros(head)
+        if whole and self._can_zero and self._zero(self.start + self.written, whole):
+            self.written += whole
+        else:
+            self._write_zeros(whole)
+        self._write_zeros(length - head - whole)
+
+    def _write_zeros(self, length: int) -> None:
+        while length:
+            n = min(length, ZERO_BLOCK)
+            self._pwrite(memoryview(_ZEROS)[:n], self.start + self.written)
+            length -= n
+            self.written += n
+            if self.written - self._dropped >= WINDOW:
+                self.flush()
+
     def _zero(self, offset: int, length: int) -> bool:
         self._can_zero = zero_range(self.fd, offset, length)
         if self._can_zero:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from hostos.update.agent import Agent
 from hostos.update.check import CheckError, Verdict
 from hostos.update.config import validate
 from hostos.update.host import LocalHost
+from hostos.update.manifest import ArtifactKind
 from hostos.update.slots import BootDisk, Esp, InstallStep, SlotError, SlotTable
 from hostos.update.state import Phase, StateStore, UpdateState
 from hostos.update.uncached import UncachedWriter
@@ -89,8 +91,12 @@ def region(path: Path, key: str) -> bytes:
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
+    return make_world(tmp_path)
+
+
+def make_world(tmp_path: Path, zeros: float = 0.0) -> World:
     a = make_image(tmp_path / "image-a", "0.1.0")
-    b = make_image(tmp_path / "image-b", "0.2.0")
+    b = make_image(tmp_path / "image-b", "0.2.0", zeros=zeros)
     repo = make_repo(tmp_path)
     esp = tmp_path / "esp"
     (esp / "EFI" / "Linux").mkdir(parents=True)
@@ -140,6 +146,26 @@ def test_apply_writes_the_inactive_slot_only_and_reboots_into_b(world: World) ->
     assert result.state.phase is Phase.IDLE
     assert result.decision is not None and result.decision.verdict is Verdict.UP_TO_DATE
     assert world.host.reboots == ["0.1.0"]
+
+
+def test_a_slot_ships_without_its_zero_tail_and_is_written_back_whole(tmp_path: Path) -> None:
+    world = make_world(tmp_path, zeros=0.75)
+    disk = world.host.disk_path
+    start, size = LAYOUT["usr_b"]
+    with disk.open("r+b") as f:   # slot B still holds an older release's bytes
+        f.seek(start * SECTOR)
+        f.write(os.urandom(size * SECTOR))
+
+    manifest = make_release(world.b.folder, "0.2.0", world.repo)
+
+    usr = manifest.artifacts[ArtifactKind.USR]
+    assert usr.length == size * SECTOR and usr.zero_tail >= size * SECTOR // 2
+    assert manifest.to_json()["format"] == 2   # agents that would leave the tail refuse it
+    shipped = [p.stat().st_size for p in (world.repo.path / "targets").rglob("*usr.zst")]
+    assert shipped and max(shipped) < size * SECTOR // 3
+    assert world.agent.apply().state.phase is Phase.REBOOTING
+    assert region(disk, "usr_b") == world.b.usr   # zeros over the old bytes included
+    assert region(disk, "verity_b") == world.b.verity
 
 
 def test_rollback_marks_the_version_bad_and_it_is_never_installed_again(world: World) -> None:

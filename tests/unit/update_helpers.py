@@ -81,15 +81,22 @@ def fake_usrhash(seed: str) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()
 
 
-def make_image(folder: Path, version: str, scale: int = 1) -> FakeImage:
+def make_image(folder: Path, version: str, scale: int = 1, zeros: float = 0.0) -> FakeImage:
     """A berth.json image folder whose disk holds version's /usr in slot A.
 
     scale multiplies the partitions (1: 2 MiB of /usr); the UKI grows with it.
+    zeros: the share of each partition that is trailing zeros (a real /usr
+    partition is a small erofs at the start of a large slot).
     """
     folder.mkdir(parents=True, exist_ok=True)
     usrhash = fake_usrhash(version)
-    usr = os.urandom(LAYOUT["usr_a"][1] * SECTOR * scale)
-    verity = os.urandom(LAYOUT["verity_a"][1] * SECTOR * scale)
+
+    def partition(key: str) -> bytes:
+        size = LAYOUT[key][1] * SECTOR * scale
+        data = int(size * (1 - zeros)) // 512 * 512 + 100   # not at a 4 KiB boundary
+        return os.urandom(min(data, size)) + bytes(max(size - data, 0))
+
+    usr, verity = partition("usr_a"), partition("verity_a")
     uki = b"MZ" + os.urandom(100_000 * scale)
     make_disk(folder / "disk.raw", usrhash, version, usr, verity, scale)
     (folder / "uki.efi").write_bytes(uki)
