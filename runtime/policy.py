@@ -40,7 +40,7 @@ from runtime.registry.reference import Reference, parse, try_parse
 from runtime.sign import keys
 from runtime.sign.cosign import Signature, fetch_signatures, verify_signatures
 from runtime.store.db import schema, transaction
-from runtime.store.images import ImageStore
+from runtime.store.images import ImageRecord, ImageStore
 
 DEFAULT_PATH = Path("/etc/berth/policy.json")
 
@@ -211,13 +211,16 @@ def _unsigned_why(found: int, digest: str) -> str:
             f"(or they sign another digest)")
 
 
-def check_run(policy: TrustPolicy, store: ImageStore, ref: str) -> None:
-    """The run-time half: raise PolicyDenied unless the policy lets `ref` run.
+def check_run(policy: TrustPolicy, store: ImageStore, ref: str,
+              rec: ImageRecord | None = None) -> None:
+    """The run-time half: raise PolicyDenied unless the policy lets `ref` run (`rec`:
+    its record, when the caller has looked it up already).
 
     By name, that name's rule applies; by id, the rule of every name the image
     has (the default if it has none) must pass.
     """
-    rec = store.get(ref)
+    if rec is None:
+        rec = store.get(ref)
     r = try_parse(ref)
     if r is not None and (r.digest or r.tagged in rec.tags):
         names = [(r.name, r.familiar)]
@@ -248,5 +251,6 @@ class TrustedResolver:
         self.store, self.policy_path = store, policy_path
 
     def resolve(self, ref: str) -> ResolvedImage:
-        check_run(load_policy(self.policy_path), self.store, ref)
-        return self.store.resolve(ref)
+        rec = self.store.get(ref)   # looked up once, for the policy and the engine
+        check_run(load_policy(self.policy_path), self.store, ref, rec)
+        return self.store.resolve(ref, rec)

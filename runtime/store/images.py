@@ -234,9 +234,11 @@ class ImageStore:
     def get(self, ref: str) -> ImageRecord:
         return self._record(self.lookup(ref))
 
-    def resolve(self, ref: str) -> ResolvedImage:
-        """The engine's seam: id, unpacked layer dirs (lowest first), config."""
-        rec = self.get(ref)
+    def resolve(self, ref: str, rec: ImageRecord | None = None) -> ResolvedImage:
+        """The engine's seam: id, unpacked layer dirs (lowest first), config (`rec`: the
+        record of ref, when the caller has it)."""
+        if rec is None:
+            rec = self.get(ref)
         dirs = tuple(self.layers.path(d) for d in rec.diff_ids)
         for d, diff in zip(dirs, rec.diff_ids, strict=True):
             if not d.is_dir():
