@@ -157,8 +157,8 @@ def make_release(image_dir: Path, version: str, repo: Repository, *, channel: st
             tail = 0
             if kind is not ArtifactKind.UKI:   # a partition: its zero tail is not shipped
                 ex, tail = trim_zero_tail(ex)
-            log.info("compressing %s (%d MiB, %s; %d MiB of trailing zeros not shipped)",
-                     kind, ex.size >> 20, compression, tail >> 20)
+            log.info("compressing %s (%d MiB, %s)%s", kind, ex.size >> 20, compression,
+                     f"; {tail >> 20} MiB of trailing zeros not shipped" if tail else "")
             packed = _compress(ex.path, work / f"{kind}{compression.suffix}", compression)
             name = f"{version}/{kind}{compression.suffix}"
             artifacts[kind] = Artifact(name, ex.size, ex.sha256, compression, tail)
