@@ -16,12 +16,12 @@ range dropped (POSIX_FADV_DONTNEED, what `dd oflag=nocache` does); input
 is dropped once consumed. Memory in use stays at about one WINDOW plus one
 chunk, whatever the size of the release.
 
-Runs of zeros (whole ZERO_BLOCKs) are not written but zeroed in place:
+Zeros are not written but zeroed in place where whole ZERO_BLOCKs allow:
 BLKZEROOUT on a block device (a write-zeroes request the disk, or QEMU,
 carries out without the data crossing the bus), a punched hole in a regular
-file (a disk image). A /usr slot is shipped as its whole partition, about
-half of it zeros past the end of the filesystem: those bytes cost neither
-a write through the page cache nor the flush of it.
+file (a disk image). That is the zero tail of a partition, which a release
+does not ship (`zero_fill`: ~450 MiB of a 512 MiB /usr slot holding a ~60 MB
+erofs), and any whole zero block of what it does ship (`write`).
 """
 
 from __future__ import annotations
