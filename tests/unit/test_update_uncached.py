@@ -1,9 +1,9 @@
 """The slot writer: zero runs are zeroed in place, and what reads back is what was sent.
 
-A /usr slot ships as its whole partition, about half of it zeros past the
-filesystem: the writer punches those out of a disk image (and BLKZEROOUTs
-them on a block device: tests/privileged/test_update_zeroout.py) instead of
-writing them through the page cache.
+Whole zero blocks of what it is given (and a partition's unshipped zero tail,
+test_update_agent.py) are punched out of a disk image, BLKZEROOUT on a block
+device (tests/privileged/test_update_zeroout.py), instead of written through
+the page cache.
 """
 
 from __future__ import annotations
