@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from qemu.accel import Accel
 from qemu.console import ConsoleTimeout
 from qemu.firmware import FirmwareNotFound, find_firmware
 from qemu.machine import Machine
@@ -116,3 +117,33 @@ def listeners(port: int) -> set[str]:
 def test_api_port_listens_on_loopback_only(tmp_path: Path) -> None:
     with machine(tmp_path, persistent=False) as m:
         assert listeners(m.api_port) == {"0100007F"}  # 127.0.0.1, nothing else
+
+
+KERNEL_PANIC = """[    2.555737] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
+[    2.556238] RIP: 0010:sched_clock_cpu+0x9/0x1d0
+[    2.558538] Kernel panic - not syncing: Fatal exception in interrupt
+"""
+
+
+@pytest.mark.parametrize(("console", "accel", "boots_again"), [
+    (KERNEL_PANIC, Accel.TCG, True),
+    # a panic once an init runs is the image's own: no second boot
+    ("Booting initrd of Debian\n" + KERNEL_PANIC, Accel.TCG, False),
+    ("[    7.1] systemd[1]: x\n" + KERNEL_PANIC, Accel.TCG, False),
+    (KERNEL_PANIC, Accel.KVM, False),
+    ("[    2.5] all well so far\n", Accel.TCG, False),
+])
+def test_a_guest_kernel_that_panics_before_init_under_tcg_boots_once_more(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, console: str, accel: Accel,
+        boots_again: bool) -> None:
+    spec = MachineSpec(BlankDisk(tmp_path / "blank.raw"), boot=BootMode.UEFI, memory_mb=256,
+                       cpus=1)
+    m = Machine(spec, tmp_path / "state", accel=accel)
+    m.paths.state_dir.mkdir(parents=True)
+    m.paths.console_log.write_text(console)
+    calls: list[str] = []
+    monkeypatch.setattr(m, "stop", lambda: calls.append("stop"))
+    monkeypatch.setattr(m, "start", lambda: calls.append("start"))
+    assert m._boot_again_after_emulator_panic() is boots_again
+    assert calls == (["stop", "start"] if boots_again else [])
+    assert m._boot_again_after_emulator_panic() is False   # once, never twice
