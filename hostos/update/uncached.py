@@ -27,7 +27,6 @@ erofs), and any whole zero block of what it does ship (`write`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -39,6 +38,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hostos.errors import HostosError
+from runtime.sys.libc import punch_hole
 
 # Bytes written between two flushes (and cache drops); reads drop at the same pace.
 WINDOW = 8 << 20
@@ -46,7 +46,6 @@ CHUNK = 4 << 20
 # Aligned blocks of this size that hold only zeros are zeroed in place, not written.
 ZERO_BLOCK = 1 << 20
 BLKZEROOUT = 0x127F            # _IO(0x12, 127): zero [offset, offset+length) of a block device
-_FALLOC_PUNCH_HOLE = 0x03      # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 _ZEROS = bytes(ZERO_BLOCK)
 
 
@@ -66,11 +65,7 @@ def zero_range(fd: int, offset: int, length: int) -> bool:
         if stat.S_ISBLK(os.fstat(fd).st_mode):
             fcntl.ioctl(fd, BLKZEROOUT, struct.pack("=QQ", offset, length))
         else:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.fallocate(fd, _FALLOC_PUNCH_HOLE, ctypes.c_long(offset),
-                              ctypes.c_long(length)) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
+            punch_hole(fd, offset, length)
     except OSError as e:
         if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
             return False

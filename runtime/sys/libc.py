@@ -69,6 +69,10 @@ _libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
 _libc.signal.restype = ctypes.c_void_p
 _libc.sigprocmask.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 _libc.sigprocmask.restype = ctypes.c_int
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_libc.fallocate.restype = ctypes.c_int
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
 _SIG_SETMASK = 2
 _EMPTY_SIGSET = ctypes.create_string_buffer(128)   # sigset_t: 1024 bits, all clear
 _libc.syscall.restype = ctypes.c_long
@@ -278,6 +282,13 @@ def clone3(flags: Namespace, cgroup_fd: int = -1, parent: bool = False) -> tuple
         raise OSError(err, f"clone3 {flags!r}: {errno_mod.errorcode.get(err, err)} "
                            f"({os.strerror(err)})")
     return int(pid), pidfd.value
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """fallocate(PUNCH_HOLE|KEEP_SIZE): [offset, offset+length) of a file reads as zeros,
+    its blocks freed (EOPNOTSUPP where the filesystem cannot)."""
+    _check(_libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
+           "fallocate PUNCH_HOLE")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> None:
