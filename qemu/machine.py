@@ -180,6 +180,7 @@ class Machine:
                 or any(mark in text for mark in _USERSPACE_MARKS)):
             return False
         self._panic_retried = True
+        self.power_cut()   # a panicked guest ignores the power button: nothing to flush
         log.warning("qemu: %s: the guest kernel panicked before init under TCG; booting "
                     "it once more. Last console lines:\n%s", self.spec.name,
                     "\n".join(text.splitlines()[-TAIL_LINES:]))
