@@ -11,6 +11,7 @@ goes into the targets' signed custom metadata.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import logging
 import tempfile
@@ -50,6 +51,24 @@ class Extracted:
     path: Path
     size: int
     sha256: str
+    zero_tail: int = 0   # zeros that follow in the partition, not extracted (not shipped)
+
+
+def _data_length(disk: Path, offset: int, size: int) -> int:
+    """The partition's length without its trailing zeros, up to a 4 KiB boundary: what
+    the agent zeroes in place need not be shipped."""
+    if disk.stat().st_size < offset + size:
+        raise HostosError(f"{disk} ends inside a partition (at byte {disk.stat().st_size})")
+    end = size
+    with disk.open("rb") as f:
+        while end:
+            n = min(CHUNK, end)
+            f.seek(offset + end - n)
+            kept = len(f.read(n).rstrip(b"\0"))
+            end -= n - kept
+            if kept:
+                break
+    return min(size, -(-end // 4096) * 4096)
 
 
 def _copy_range(disk: Path, offset: int, size: int, out: Path) -> Extracted:
@@ -85,28 +104,11 @@ def extract_usr(image: ImageArtifacts, workdir: Path) -> dict[ArtifactKind, Extr
                 f"{image.disk}: no {kind} partition with UUID {want} (from usrhash); "
                 "was the image built by `hostos build`?"
             )
-        out[kind] = _copy_range(image.disk, part.offset(512), part.size(512),
-                                workdir / f"{kind}.raw")
+        offset, size = part.offset(512), part.size(512)
+        data = _data_length(image.disk, offset, size)
+        ex = _copy_range(image.disk, offset, data, workdir / f"{kind}.raw")
+        out[kind] = dataclasses.replace(ex, zero_tail=size - data)
     return out
-
-
-def trim_zero_tail(ex: Extracted) -> tuple[Extracted, int]:
-    """The partition without its trailing zeros (cut at a 4 KiB boundary), and how many
-    bytes were cut: the agent zeroes them in place instead of receiving them."""
-    end = ex.size
-    with ex.path.open("rb+") as f:
-        while end:
-            n = min(CHUNK, end)
-            f.seek(end - n)
-            kept = len(f.read(n).rstrip(b"\0"))
-            end -= n - kept
-            if kept:
-                break
-        keep = min(ex.size, -(-end // 4096) * 4096)
-        if keep == ex.size:
-            return ex, 0
-        f.truncate(keep)
-    return _hash_file(ex.path), ex.size - keep
 
 
 def _hash_file(path: Path) -> Extracted:
@@ -154,14 +156,12 @@ def make_release(image_dir: Path, version: str, repo: Repository, *, channel: st
         specs: list[TargetSpec] = []
         artifacts: dict[ArtifactKind, Artifact] = {}
         for kind, ex in raw.items():
-            tail = 0
-            if kind is not ArtifactKind.UKI:   # a partition: its zero tail is not shipped
-                ex, tail = trim_zero_tail(ex)
             log.info("compressing %s (%d MiB, %s)%s", kind, ex.size >> 20, compression,
-                     f"; {tail >> 20} MiB of trailing zeros not shipped" if tail else "")
+                     f"; {ex.zero_tail >> 20} MiB of trailing zeros not shipped"
+                     if ex.zero_tail else "")
             packed = _compress(ex.path, work / f"{kind}{compression.suffix}", compression)
             name = f"{version}/{kind}{compression.suffix}"
-            artifacts[kind] = Artifact(name, ex.size, ex.sha256, compression, tail)
+            artifacts[kind] = Artifact(name, ex.size, ex.sha256, compression, ex.zero_tail)
             specs.append(TargetSpec(name, packed, {"berth": {"kind": str(kind),
                                                              "version": version}}))
         manifest = ReleaseManifest(v, image.usrhash, artifacts,

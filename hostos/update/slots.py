@@ -230,20 +230,17 @@ class BootDisk:
                     h.update(chunk)
                     if progress:
                         progress(artifact.target, out.written, artifact.size)
-            shipped = out.written
-            if shipped == artifact.size:
-                out.zero_fill(artifact.zero_tail)
+            if out.written != artifact.size or h.hexdigest() != artifact.sha256:
+                raise SlotError(f"{artifact.target}: wrote {out.written} bytes with sha256 "
+                                f"{h.hexdigest()[:12]}…, signed {artifact.size} / "
+                                f"{artifact.sha256[:12]}…")
+            out.zero_fill(artifact.zero_tail)   # checked bytes only: then the unshipped zeros
             out.flush()
         finally:
             os.close(fd)
         if out.zeroed:
             log.info("%s: %d MiB written, %d MiB of zeros zeroed in place", artifact.target,
                      (out.written - out.zeroed) >> 20, out.zeroed >> 20)
-        written = shipped
-        if written != artifact.size or h.hexdigest() != artifact.sha256:
-            raise SlotError(f"{artifact.target}: wrote {written} bytes with sha256 "
-                            f"{h.hexdigest()[:12]}…, signed {artifact.size} / "
-                            f"{artifact.sha256[:12]}…")
 
 
 class Esp:

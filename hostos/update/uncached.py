@@ -28,24 +28,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
-import stat
-import struct
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hostos.errors import HostosError
-from runtime.sys.libc import punch_hole
+from runtime.sys.libc import zero_range
 
 # Bytes written between two flushes (and cache drops); reads drop at the same pace.
 WINDOW = 8 << 20
 CHUNK = 4 << 20
 # Aligned blocks of this size that hold only zeros are zeroed in place, not written.
 ZERO_BLOCK = 1 << 20
-BLKZEROOUT = 0x127F            # _IO(0x12, 127): zero [offset, offset+length) of a block device
 _ZEROS = bytes(ZERO_BLOCK)
 
 
@@ -58,24 +54,9 @@ def drop_cache(fd: int, offset: int = 0, length: int = 0) -> None:
     os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
-def zero_range(fd: int, offset: int, length: int) -> bool:
-    """Make [offset, offset+length) of fd read as zeros without writing them; False if
-    the file cannot (the caller writes the zeros)."""
-    try:
-        if stat.S_ISBLK(os.fstat(fd).st_mode):
-            fcntl.ioctl(fd, BLKZEROOUT, struct.pack("=QQ", offset, length))
-        else:
-            punch_hole(fd, offset, length)
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
-            return False
-        raise
-    return True
-
-
 class UncachedWriter:
     """Sequential writes to fd from `start` on, flushed and evicted every WINDOW bytes;
-    whole aligned ZERO_BLOCKs of zeros are zeroed in place (zero_range) instead."""
+    whole aligned ZERO_BLOCKs of zeros are zeroed in place (libc.zero_range) instead."""
 
     def __init__(self, fd: int, start: int = 0) -> None:
         self.fd = fd
@@ -88,16 +69,13 @@ class UncachedWriter:
     def write(self, data: bytes) -> None:
         pos = 0
         while pos < len(data):
-            offset = self.start + self.written
-            n = min(len(data) - pos, ZERO_BLOCK - offset % ZERO_BLOCK)
+            n = min(len(data) - pos, ZERO_BLOCK - (self.start + self.written) % ZERO_BLOCK)
             # startswith: one memcmp in place, no copy, out at the first non-zero byte
-            if not (n == ZERO_BLOCK and self._can_zero and data.startswith(_ZEROS, pos)
-                    and self._zero(offset, n)):
-                self._pwrite(memoryview(data)[pos:pos + n], offset)
+            if n == ZERO_BLOCK and data.startswith(_ZEROS, pos):
+                self.zero_fill(n)
+            else:
+                self._pwrite(memoryview(data)[pos:pos + n])
             pos += n
-            self.written += n
-            if self.written - self._dropped >= WINDOW:
-                self.flush()
 
     def zero_fill(self, length: int) -> None:
         """Zeros for the next `length` bytes: its whole aligned blocks zeroed in place in
@@ -105,8 +83,9 @@ class UncachedWriter:
         head = min(length, -(self.start + self.written) % ZERO_BLOCK)
         whole = (length - head) // ZERO_BLOCK * ZERO_BLOCK
         self._write_zeros(head)
-        if whole and self._can_zero and self._zero(self.start + self.written, whole):
-            self.written += whole
+        if whole and self._zero(whole):
+            self.zeroed += whole
+            self._advance(whole)
         else:
             self._write_zeros(whole)
         self._write_zeros(length - head - whole)
@@ -114,23 +93,33 @@ class UncachedWriter:
     def _write_zeros(self, length: int) -> None:
         while length:
             n = min(length, ZERO_BLOCK)
-            self._pwrite(memoryview(_ZEROS)[:n], self.start + self.written)
+            self._pwrite(memoryview(_ZEROS)[:n])
             length -= n
-            self.written += n
-            if self.written - self._dropped >= WINDOW:
-                self.flush()
 
-    def _zero(self, offset: int, length: int) -> bool:
-        self._can_zero = zero_range(self.fd, offset, length)
+    def _zero(self, length: int) -> bool:
+        """zero_range at the current offset; False (and never again) if the file cannot."""
         if self._can_zero:
-            self.zeroed += length
+            try:
+                zero_range(self.fd, self.start + self.written, length)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+                    raise
+                self._can_zero = False
         return self._can_zero
 
-    def _pwrite(self, view: memoryview, offset: int) -> None:
+    def _pwrite(self, view: memoryview) -> None:
+        offset = self.start + self.written
+        n = len(view)
         while view:
-            n = os.pwrite(self.fd, view, offset)
-            view = view[n:]
-            offset += n
+            k = os.pwrite(self.fd, view, offset)
+            view = view[k:]
+            offset += k
+        self._advance(n)
+
+    def _advance(self, n: int) -> None:
+        self.written += n
+        if self.written - self._dropped >= WINDOW:
+            self.flush()
 
     def flush(self) -> None:
         """Make everything written durable, then drop it from the cache."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno as errno_mod
+import fcntl
 import functools
 import os
 import platform
 import stat
+import struct
 from collections.abc import Iterable
 
 from runtime.sys.protocol import MountFlag, Namespace, Umount
@@ -73,6 +75,7 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_
 _libc.fallocate.restype = ctypes.c_int
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+BLKZEROOUT = 0x127F   # _IO(0x12, 127)
 _SIG_SETMASK = 2
 _EMPTY_SIGSET = ctypes.create_string_buffer(128)   # sigset_t: 1024 bits, all clear
 _libc.syscall.restype = ctypes.c_long
@@ -284,11 +287,15 @@ def clone3(flags: Namespace, cgroup_fd: int = -1, parent: bool = False) -> tuple
     return int(pid), pidfd.value
 
 
-def punch_hole(fd: int, offset: int, length: int) -> None:
-    """fallocate(PUNCH_HOLE|KEEP_SIZE): [offset, offset+length) of a file reads as zeros,
-    its blocks freed (EOPNOTSUPP where the filesystem cannot)."""
-    _check(_libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
-           "fallocate PUNCH_HOLE")
+def zero_range(fd: int, offset: int, length: int) -> None:
+    """[offset, offset+length) of fd reads as zeros, nothing written: BLKZEROOUT on a block
+    device (a write-zeroes request), fallocate(PUNCH_HOLE|KEEP_SIZE) on a file. OSError
+    (EOPNOTSUPP, ENOTTY, EINVAL) where the device or filesystem cannot."""
+    if stat.S_ISBLK(os.fstat(fd).st_mode):
+        fcntl.ioctl(fd, BLKZEROOUT, struct.pack("=QQ", offset, length))
+    else:
+        _check(_libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
+                               length), "fallocate PUNCH_HOLE")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> None:

@@ -8,6 +8,7 @@ the page cache.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -67,9 +68,9 @@ def test_a_file_that_cannot_punch_holes_gets_the_zeros_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def cannot(fd: int, offset: int, length: int) -> bool:
+    def cannot(fd: int, offset: int, length: int) -> None:
         calls.append(offset)
-        return False
+        raise OSError(errno.EOPNOTSUPP, "fallocate PUNCH_HOLE: EOPNOTSUPP")
 
     monkeypatch.setattr(uncached, "zero_range", cannot)
     path = disk(tmp_path, 20 * MIB)
