@@ -291,6 +291,15 @@ def crun_loop(bundle: str, state: str, runs: int, warmup: int) -> None:
     print(json.dumps(timed(once, runs, warmup)))
 
 
+# What pip writes for a console-script entry point (berth = "runtime.cli:main").
+CONSOLE_SCRIPT = """import sys
+from runtime.cli import main
+if __name__ == '__main__':
+    sys.argv[0] = sys.argv[0].removesuffix('.exe')
+    sys.exit(main())
+"""
+
+
 def cli_run(argv: list[str], env: dict[str, str] | None = None) -> Callable[[], None]:
     def once() -> None:
         run(argv, env=env, cwd=ROOT)
@@ -339,12 +348,18 @@ def main(args: argparse.Namespace) -> int:
         tar = busybox_rootfs_tar(work / "busybox.tar")
         with run_tmpfs(work / "run"), netns() as ns, start_berthd(ns, work) as sock:
             host = f"unix://{sock}"
-            # -S: no site module. This checkout is an editable install whose import
-            # hook (pulled in by site) costs more than the whole CLI; an installed berth
-            # has no such hook, and the CLI needs nothing but the standard library.
-            berth = [sys.executable, *([] if args.cli_site else ["-S"]), "-m", "runtime.cli",
+            # The CLI as installed: the console script pip writes for the `berth` entry
+            # point (no runpy, as `-m` would add), this checkout on the path as an
+            # installed package would be. -S: no site module. This checkout is an
+            # editable install whose import hook (pulled in by site) costs more than
+            # the whole CLI; an installed berth has no such hook, and the CLI needs
+            # nothing but the standard library.
+            script = work / "berth"
+            script.write_text(CONSOLE_SCRIPT)
+            berth = [sys.executable, *([] if args.cli_site else ["-S"]), str(script),
                      "-H", host]
-            run([*berth, "import", str(tar), IMAGE])
+            cli_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            run([*berth, "import", str(tar), IMAGE], env=cli_env)
             print(f"start of /bin/true, busybox, --network none; median of {args.runs}, "
                   f"sides alternating in {args.rounds} rounds; load average "
                   f"{os.getloadavg()[0]:.1f} (2 cores)")
@@ -375,7 +390,8 @@ def main(args: argparse.Namespace) -> int:
             print("2. end to end: a new CLI process per run, --rm")
             sides: dict[str, Side] = {
                 "berth run --rm": lambda n, w: timed(cli_run(
-                    [*berth, "run", "--rm", "--network", "none", IMAGE, "true"]), n, w)}
+                    [*berth, "run", "--rm", "--network", "none", IMAGE, "true"], cli_env),
+                    n, w)}
             with contextlib.ExitStack() as stack:
                 if not args.no_podman:
                     env = podman_env(work)
