@@ -39,8 +39,12 @@ READY_UNIT = "berthd.service"
 
 @pytest.fixture(scope="session")
 def image() -> ImageArtifacts:
-    if not (IMAGE_DIR / "berth.json").exists():
-        # Builds only what is missing; another build in progress is waited for.
+    if "BERTH_IMAGE" not in os.environ or not (IMAGE_DIR / "berth.json").exists():
+        # Built from this tree first: `hostos build` returns at once when the recorded
+        # inputs match, and queues behind another build. Were a stale image loaded
+        # here, the fleet and update tests (which build it current) would replace it
+        # mid-session under the machines of later modules: their UKIs would then name
+        # a /usr partition the new disk lacks.
         run([sys.executable, "-m", "hostos", "build", "--output", IMAGE_DIR],
             capture=False, cwd=ROOT)
     artifacts = load_image(IMAGE_DIR)
