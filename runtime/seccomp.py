@@ -6,7 +6,7 @@ the image; or, where that is absent (the development host's venv), PyPI's
 `pyseccomp`, a ctypes binding with the same API) gives each syscall's number on
 each architecture. The program itself is compiled here (`compile_profile`): the
 allowed numbers of each architecture as ranges (298 allowed x86_64 syscalls are 31
-ranges), ~280 instructions where libseccomp emits 968. What the kernel does with
+ranges), ~300 instructions where libseccomp emits 968. What the kernel does with
 a filter at each container's start is linear in its size and worse than linear in
 its longest path (it runs the filter for every syscall number to build its cache
 of always-allowed calls): measured here, libseccomp's program took 0.70-0.85 ms to
