@@ -12,6 +12,7 @@ Everything a test starts here is stopped here, by pid (QEMU) or by closing.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -25,6 +26,8 @@ from typing import Any
 import pytest
 
 from hostos.artifacts import ImageArtifacts, load_image
+from hostos.build import input_hash, project_version
+from hostos.errors import HostosError
 from qemu.machine import Machine
 from qemu.spec import Credential, MachineSpec
 from runtime import tls
@@ -39,18 +42,41 @@ READY_UNIT = "berthd.service"
 
 @pytest.fixture(scope="session")
 def image() -> ImageArtifacts:
-    if "BERTH_IMAGE" not in os.environ or not (IMAGE_DIR / "berth.json").exists():
-        # Built from this tree first: `hostos build` returns at once when the recorded
-        # inputs match, and queues behind another build. Were a stale image loaded
-        # here, the fleet and update tests (which build it current) would replace it
-        # mid-session under the machines of later modules: their UKIs would then name
-        # a /usr partition the new disk lacks.
-        run([sys.executable, "-m", "hostos", "build", "--output", IMAGE_DIR],
-            capture=False, cwd=ROOT)
-    artifacts = load_image(IMAGE_DIR)
+    if "BERTH_IMAGE" in os.environ and (IMAGE_DIR / "berth.json").exists():
+        artifacts = load_image(IMAGE_DIR)   # the image given, as it is
+    else:
+        # Built current first, as the fleet and update tests build theirs: were a stale
+        # image loaded here, their build would replace it mid-session under the
+        # machines of later modules (whose UKIs would name a /usr the new disk lacks).
+        artifacts = build(IMAGE_DIR, project_version(ROOT))
     missing = artifacts.missing()
     assert not missing, f"image artifacts missing: {missing}"
     return artifacts
+
+
+@functools.cache
+def build(folder: Path, version: str) -> ImageArtifacts:
+    """The image in folder, (re)built first if missing or built from other inputs.
+
+    `make test` rebuilds only build/image; a second version (B) built from
+    older inputs would test yesterday's image, so its recorded inputs hash is
+    compared with the tree's. A rebuild queues on `hostos build`'s lock.
+    Once per session: the update modules share the pair (sources edited
+    during a run do not rebuild it under the next module).
+    """
+    if not _current(folder, version):
+        run([sys.executable, "-m", "hostos", "build", "--version", version,
+             "--output", folder], capture=False, cwd=ROOT, timeout=3600)
+    return load_image(folder)
+
+
+def _current(folder: Path, version: str) -> bool:
+    try:
+        image = load_image(folder)
+    except HostosError:
+        return False
+    return (image.version == version and not image.missing()
+            and image.inputs == input_hash(ROOT, version))
 
 
 @pytest.fixture(scope="session")

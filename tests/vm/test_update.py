@@ -19,13 +19,12 @@ from hostos.release import make_release
 from hostos.repo import KeyLayout, Repository
 from qemu.spec import BootMode
 from runtime import tls
-from tests.vm.conftest import BOOT_TIMEOUT, ApiClient, MachineFactory, client_context
+from tests.vm.conftest import BOOT_TIMEOUT, ApiClient, MachineFactory, build, client_context
 from tests.vm.update_support import (
     IMAGE_A,
     IMAGE_B,
     PROXY,
     Served,
-    build,
     configure,
     image_version,
     memory_peaks,

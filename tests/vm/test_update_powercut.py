@@ -32,14 +32,13 @@ from hostos.release import make_release
 from hostos.repo import KeyLayout, Repository
 from qemu.machine import Machine
 from qemu.spec import BootMode
-from tests.vm.conftest import BOOT_TIMEOUT, MachineFactory
+from tests.vm.conftest import BOOT_TIMEOUT, MachineFactory, build
 from tests.vm.update_support import (
     IMAGE_A,
     IMAGE_B,
     PROXY,
     Served,
     agent_state,
-    build,
     configure,
     repo_nic_args,
     start_http_server,

@@ -28,13 +28,12 @@ from hostos.release import make_release
 from hostos.repo import KeyLayout, Repository
 from hostos.uki import broken_release_image
 from qemu.spec import BootMode
-from tests.vm.conftest import BOOT_TIMEOUT, MachineFactory
+from tests.vm.conftest import BOOT_TIMEOUT, MachineFactory, build
 from tests.vm.update_support import (
     IMAGE_A,
     IMAGE_B,
     PROXY,
     Served,
-    build,
     configure,
     image_version,
     repo_nic_args,

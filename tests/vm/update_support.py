@@ -11,7 +11,6 @@ A/B switch are the real ones.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import re
@@ -24,11 +23,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from hostos.artifacts import ImageArtifacts, load_image
-from hostos.build import input_hash
-from hostos.errors import HostosError
 from qemu.machine import Machine
-from runtime.run import run
 from tests.vm.conftest import IMAGE_DIR, ROOT
 
 # A is the image every VM test boots (version 0.1.0, pyproject's); B is a
@@ -58,31 +53,6 @@ while True:
                 sys.exit(0)
             os.write(1, data)
 """
-
-
-@functools.cache
-def build(folder: Path, version: str) -> ImageArtifacts:
-    """The image in folder, (re)built first if missing or built from other inputs.
-
-    `make test` rebuilds only build/image; a second version (B) built from
-    older inputs would test yesterday's image, so its recorded inputs hash is
-    compared with the tree's. A rebuild queues on `hostos build`'s lock.
-    Once per session: the update modules share the pair (sources edited
-    during a run do not rebuild it under the next module).
-    """
-    if not _current(folder, version):
-        run([sys.executable, "-m", "hostos", "build", "--version", version,
-             "--output", folder], capture=False, cwd=ROOT, timeout=3600)
-    return load_image(folder)
-
-
-def _current(folder: Path, version: str) -> bool:
-    try:
-        image = load_image(folder)
-    except HostosError:
-        return False
-    return (image.version == version and not image.missing()
-            and image.inputs == input_hash(ROOT, version))
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
