@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno as errno_mod
 import functools
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -259,19 +258,13 @@ def _table(arch: Arch) -> dict[str, frozenset[int]]:
     return {name: frozenset(nrs) for name, nrs in got.items()}
 
 
-def _numbers(arch: Arch, names: Iterable[str]) -> dict[str, frozenset[int]]:
-    """The syscall numbers of each name on `arch`; names that are not syscalls there left
-    out."""
-    table = _table(arch)
-    return {name: table[name] for name in names if name in table}
-
-
 def _arch_body(asm: _Asm, tag: str, arch: Arch, profile: Profile) -> None:
     """The rules of one architecture, the syscall number in the accumulator."""
     deny, allow = f"{tag}-deny", f"{tag}-allow"
     special = {**{n: ("errno", e) for n, e in profile.errno},
                **{n: ("clear", m) for n, m in profile.allow_if_clear}}
-    numbers = _numbers(arch, profile.allow | set(special))
+    table = _table(arch)   # names that are not syscalls on this architecture: left out
+    numbers = {name: table[name] for name in profile.allow | set(special) if name in table}
     for name in sorted(special.keys() & numbers.keys()):
         for nr in sorted(numbers[name]):
             asm.op(_JEQ, nr, jt=f"{tag}-{name}")
