@@ -1,13 +1,13 @@
-"""A container's filesystem as a plan of mount steps, applied through `Sys`.
+"""A container's filesystem as a plan of mount steps, carried out by `_clone` (C).
 
 Two phases (see runtime/container/README.md for why):
 
-1. `host_plan` runs in the daemon, in the host mount namespace, under a
-   private staging mount: each image layer (and each volume) is bound into
-   the container's staging dir through an idmapped mount (so files owned by
-   host root appear owned by the container's mapped root), then overlayfs is
-   mounted on the rootfs dir. The container's child copies these mounts
-   when it unshares its mount namespace; the daemon then detaches its own
+1. `host_plan` runs in the cloner (the spawner), in the host mount namespace:
+   each image layer (and each volume) is bound into the container's staging
+   dir through an idmapped mount (so files owned by host root appear owned by
+   the container's mapped root), then overlayfs is mounted on the rootfs dir.
+   The container's child copies these mounts when it unshares its mount
+   namespace; the daemon then detaches its own
    copies (`host_teardown`), so no container mount is left in the host.
 2. `container_plan` runs in the child, in its own mount namespace:
    /proc, a minimal /dev, /sys, volumes, masked and read-only paths,
@@ -16,9 +16,8 @@ Two phases (see runtime/container/README.md for why):
 
 from __future__ import annotations
 
-import errno
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -261,82 +260,6 @@ def container_plan(spec: RootfsSpec) -> list[Step]:
     if spec.read_only:
         steps.append(RemountReadOnly("/"))
     return steps
-
-
-def apply(steps: Sequence[Step], sys: Sys, userns_fd: int = -1) -> None:
-    """Carry out steps in order; the first failure raises (OSError naming the object)."""
-    masks: list[str] = []
-    for step in steps:
-        if isinstance(step, Mask) and sys.path_kind(step.path) == "dir":
-            _mask_dir(step.path, masks, sys)
-        else:
-            _apply_one(step, sys, userns_fd)
-
-
-def _mask_dir(path: str, masks: list[str], sys: Sys) -> None:
-    """An empty read-only tmpfs on the first masked dir, bound (read-only) on the
-    others: one superblock per container instead of one per masked dir (each
-    costs kernel memory that 1,000 containers multiply)."""
-    if not masks:
-        sys.mount("tmpfs", path, "tmpfs", MountFlag.RDONLY, "size=0")
-    else:
-        sys.mount(masks[0], path, None, MountFlag.BIND)
-        sys.mount("none", path, None, MountFlag.REMOUNT | MountFlag.BIND | MountFlag.RDONLY)
-    masks.append(path)
-
-
-def _apply_one(step: Step, sys: Sys, userns_fd: int) -> None:
-    match step:
-        case Mkdir(path):
-            sys.makedirs(path)
-        case Touch(path):
-            if sys.path_kind(path) is None:
-                sys.touch(path)
-        case Symlink(target, link):
-            sys.symlink(target, link)
-        case Mount(source, target, fstype, flags, data):
-            sys.mount(source, target, fstype, flags, data)
-        case IdmapBind(source, target):
-            sys.idmapped_bind(source, target, userns_fd)
-        case RemountReadOnly(target):
-            locked = sys.mount_flags(target) & (MountFlag.NOSUID | MountFlag.NODEV
-                                                | MountFlag.NOEXEC)
-            sys.mount("none", target, None,
-                      MountFlag.REMOUNT | MountFlag.BIND | MountFlag.RDONLY | locked)
-        case MountPoint(source, target):
-            if sys.path_kind(source) == "dir":
-                sys.makedirs(target)
-            else:
-                sys.makedirs(os.path.dirname(target))
-                if sys.path_kind(target) is None:
-                    sys.touch(target)
-        case Mask(path):
-            kind = sys.path_kind(path)
-            if kind == "dir":
-                sys.mount("tmpfs", path, "tmpfs", MountFlag.RDONLY, "size=0")
-            elif kind == "file":
-                sys.mount("/dev/null", path, None, MountFlag.BIND)
-        case ReadOnlyPath(path):
-            if sys.path_kind(path) is not None:
-                sys.mount(path, path, None, MountFlag.BIND | MountFlag.REC)
-                _apply_one(RemountReadOnly(path), sys, userns_fd)
-        case Pivot(root):
-            # pivot_root(".", "."): the old root ends up stacked under the new
-            # one and is detached right away (as runc does); no put_old dir needed.
-            sys.chdir(root)
-            try:
-                sys.pivot_root(".", ".")
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                # The host's / sits on the initramfs (switch_root): pivot_root
-                # refuses, so move the rootfs over / and chroot, as runc's
-                # --no-pivot does. The old root stays covered, unreachable.
-                sys.mount(root, "/", None, MountFlag.MOVE)
-                sys.chroot(".")
-            else:
-                sys.umount(".", Umount.DETACH)
-            sys.chdir("/")
 
 
 def detach_all(targets: Iterable[str], sys: Sys) -> None:

@@ -222,7 +222,7 @@ class ContainerManager:
         self.containers: dict[str, Container] = {}
         self.execs: dict[str, exec_mod.ExecSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.cloner: Cloner = InProcessCloner(self.sys)
+        self.cloner: Cloner = InProcessCloner()
         self._spawner = contextlib.ExitStack()
         for d in (config.root / "containers", config.exec_root / "containers",
                   config.exec_root / "netns"):
@@ -520,7 +520,7 @@ class ContainerManager:
         for session in self.execs.values():
             exec_mod.detach(session)
         self._spawner.close()
-        self.cloner = InProcessCloner(self.sys)
+        self.cloner = InProcessCloner()
 
 
 # Where the engine mounts over a container's rootfs (rootfs.container_plan, start.py).

@@ -103,7 +103,7 @@ class Launch:
         self.sys = sys
         self.join = join
         self.pid_ns_fd = pid_ns_fd
-        self.cloner: spawner.Cloner = cloner or spawner.InProcessCloner(sys)
+        self.cloner: spawner.Cloner = cloner or spawner.InProcessCloner()
         # hold: the caller has work between begin() and finish() (a bridged network);
         # otherwise the cloner releases the child ("go") as soon as its setup is done.
         self.hold = hold

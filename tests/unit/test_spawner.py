@@ -1,71 +1,99 @@
-"""The spawner's wire format: fds travel by SCM_RIGHTS and come back in the right fields."""
+"""The spawner's wire format and `_clone`'s answers, without root: a child that the
+cloner's part fails for, a clone that fails, a request that cannot be expressed."""
 
 from __future__ import annotations
 
+import errno
 import os
-import pickle
+import signal
 import socket
+from pathlib import Path
+
+import pytest
 
 from runtime.container.init import ChildFds, ChildPlan
-from runtime.container.spawner import ParentSetup, _pack, _recv, _send, _unpack
+from runtime.container.spawner import (
+    ParentSetup,
+    SetupFailed,
+    _recv,
+    _send,
+    start_spawner,
+)
+from runtime.rootfs import Mkdir
 from runtime.sys import Namespace
 
 
-def plan(bpf: bytes | None) -> ChildPlan:
-    return ChildPlan(steps=(), args=("true",), env=("PATH=/bin",), user="", working_dir="/",
-                     hostname="h", caps=(0, 1), seccomp_bpf=bpf, userns=True,
-                     unshare=Namespace.MOUNT, tty=False)
+def plan(*args: str) -> ChildPlan:
+    return ChildPlan(steps=(), args=args or ("true",), env=("PATH=/bin",), user="",
+                     working_dir="/", hostname=None, caps=(), seccomp_bpf=None, userns=False,
+                     unshare=Namespace.NONE, tty=False)
 
 
-def test_request_fds_arrive_as_new_fds_in_the_same_roles_and_close_on_exec() -> None:
-    pipes = [os.pipe() for _ in range(4)]
-    fds = ChildFds(stdin=pipes[0][0], stdout=pipes[1][1], stderr=pipes[1][1], go=pipes[2][0],
-                   error=pipes[3][1], join=((pipes[2][1], Namespace.USER),))
-    known: set[bytes] = set()
-    setup = ParentSetup(id_map="0 100000 65536\n", release=pipes[3][0])
-    payload, sent = _pack(plan(b"\x06" * 8), fds, Namespace.PID, -1, pipes[0][1], setup, known)
+def ppid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError("no PPid")
+
+
+def test_a_failed_setup_comes_back_with_the_child_which_is_ours_to_reap(tmp_path: Path) -> None:
+    (tmp_path / "file").touch()
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    fds = ChildFds(stdin=-1, stdout=-1, stderr=-1, go=go_r, error=err_w)
+    bad = ParentSetup(host_steps=(Mkdir(str(tmp_path / "file" / "sub")),), release=go_w)
+    try:
+        with start_spawner() as spawner, pytest.raises(SetupFailed) as failed:
+            spawner.clone(plan(), fds, Namespace.NONE, -1, -1, bad)
+        e = failed.value
+        assert e.errno == errno.ENOTDIR
+        assert e.strerror == f"mkdir {tmp_path}/file/sub: ENOTDIR (Not a directory)"
+        # The child waits for "go" that never came; CLONE_PARENT made it our child.
+        assert ppid(e.pid) == os.getpid()
+        signal.pidfd_send_signal(e.pidfd, signal.SIGKILL)
+        _, status = os.waitpid(e.pid, 0)
+        assert os.WIFSIGNALED(status)
+        os.close(e.pidfd)
+    finally:
+        for fd in (go_r, go_w, err_r, err_w):
+            os.close(fd)
+
+
+def test_a_failed_clone_is_an_error_with_no_child() -> None:
+    r, w = os.pipe()   # not a cgroup: CLONE_INTO_CGROUP refuses it
+    fds = ChildFds(stdin=-1, stdout=-1, stderr=-1, go=r, error=w)
+    try:
+        with start_spawner() as spawner:
+            with pytest.raises(OSError) as failed:
+                spawner.clone(plan(), fds, Namespace.NONE, r, -1, ParentSetup())
+            assert not isinstance(failed.value, SetupFailed)
+            assert failed.value.strerror.startswith("clone3 0x0: E")
+            assert spawner.alive()   # a bad request does not end the spawner
+            with pytest.raises(OSError, match="NUL byte"):
+                spawner.clone(plan("a\0b"), fds, Namespace.NONE, -1, -1, ParentSetup())
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_message_and_its_fds_arrive_together_close_on_exec() -> None:
+    r, w = os.pipe()
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        _send(a, payload, sent)
+        _send(a, b"x" * 100_000, [r, w])
         got = _recv(b)
         assert got is not None
-        body, received = got
-        req = pickle.loads(body)
-        child_fds, cgroup_fd, pid_ns_fd, got_setup = _unpack(req, received)
-        assert cgroup_fd == -1 and child_fds.console == -1
-        # Each role got a received fd that is the same pipe end as the one sent.
-        for field in ("stdin", "stdout", "stderr", "go", "error"):
-            mine, theirs = getattr(fds, field), getattr(child_fds, field)
-            assert theirs != mine and os.fstat(theirs).st_ino == os.fstat(mine).st_ino
-        assert os.fstat(pid_ns_fd).st_ino == os.fstat(pipes[0][1]).st_ino
-        assert child_fds.join[0][1] is Namespace.USER
-        assert got_setup.id_map == setup.id_map
-        assert os.fstat(got_setup.release).st_ino == os.fstat(pipes[3][0]).st_ino
-        # The error pipe must close at the container's exec: that EOF means "it ran".
-        assert not any(os.get_inheritable(fd) for fd in received)
-        assert req.plan.seccomp_bpf == b"\x06" * 8
-        for fd in received:
+        body, fds = got
+        assert body == b"x" * 100_000
+        assert [os.fstat(fd).st_ino for fd in fds] == [os.fstat(r).st_ino, os.fstat(w).st_ino]
+        assert not any(os.get_inheritable(fd) for fd in fds)
+        for fd in fds:
             os.close(fd)
     finally:
+        for fd in (r, w):
+            os.close(fd)
         a.close()
         b.close()
-        for r, w in pipes:
-            os.close(r)
-            os.close(w)
-
-
-def test_the_seccomp_program_is_sent_once_then_named_by_digest() -> None:
-    fds = ChildFds(stdin=-1, stdout=-1, stderr=-1, go=-1, error=-1)
-    known: set[bytes] = set()
-    first = pickle.loads(_pack(plan(b"\x06" * 4000), fds, Namespace.NONE, -1, -1, ParentSetup(),
-                                 known)[0])
-    second = pickle.loads(_pack(plan(b"\x06" * 4000), fds, Namespace.NONE, -1, -1, ParentSetup(),
-                                 known)[0])
-    other = pickle.loads(_pack(plan(b"\x07" * 4000), fds, Namespace.NONE, -1, -1, ParentSetup(),
-                                 known)[0])
-    assert first.plan.seccomp_bpf == b"\x06" * 4000
-    assert second.plan.seccomp_bpf is None and second.seccomp_key == first.seccomp_key
-    assert other.plan.seccomp_bpf == b"\x07" * 4000 and other.seccomp_key != first.seccomp_key
 
 
 def test_eof_is_none() -> None:
