@@ -4,5 +4,5 @@ Everything else is in pyproject.toml."""
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
-    "runtime.container._clone", ["runtime/container/_clone.c"],
+    "runtime.sys._clone", ["runtime/sys/_clone.c"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"])])

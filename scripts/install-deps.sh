@@ -30,7 +30,7 @@ DEBS=(
   fdisk
   # runtime and its tests
   libsystemd-dev pkg-config libseccomp2 nftables iproute2 busybox-static uidmap util-linux
-  # the runtime's one C extension (runtime/container/_clone.c, built by pip)
+  # the runtime's one C extension (runtime/sys/_clone.c, built by pip)
   gcc libc6-dev python3-dev
   # peers: registry, crun/runc, podman, skopeo, dockerd, etcd
   docker-registry crun runc podman skopeo docker.io etcd-server etcd-client
@@ -81,7 +81,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.deps-stamp
 # The C extension is built by the editable install: its source is in the stamp too.
-want=$(cat pyproject.toml constraints.txt setup.py runtime/container/_clone.c | sha256sum |
+want=$(cat pyproject.toml constraints.txt setup.py runtime/sys/_clone.c | sha256sum |
        cut -d' ' -f1)
 if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
   echo ">> installing Python dependencies (pinned in constraints.txt)"

@@ -1,7 +1,7 @@
 """What a container's first process (or an exec's) is to do between clone(2) and
 execve(2), as berthd decides it: ChildPlan and the fds it gets (ChildFds).
 
-`_clone` (C, runtime/container/_clone.c) carries it out: program.py compiles
+`_clone` (C, runtime/sys/_clone.c) carries it out: program.py compiles
 the plan, the cloner clones, and the child makes the calls with no Python in
 between. Failures are written to a CLOEXEC error pipe: EOF means the exec
 succeeded; a message is the reason, and the child exits 127.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 
 from runtime import rootfs
-from runtime.container import _clone
+from runtime.sys import _clone
 from runtime.container.init import ChildFds, ChildPlan
 from runtime.sys import Namespace
 

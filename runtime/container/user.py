@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.container import _clone
+from runtime.sys import _clone
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.container import _clone
+from runtime.sys import _clone
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 /*
- * runtime.container._clone: a container's first process (or an exec's), from
+ * runtime.sys._clone: a container's first process (or an exec's), from
  * clone3(2) to execve(2), without Python after the clone.
  *
  * berthd (runtime/container/program.py) compiles what a start needs into a
@@ -1361,7 +1361,67 @@ static PyObject *py_find_executable(PyObject *self, PyObject *args)
     return PyUnicode_DecodeFSDefault(out);
 }
 
+static PyObject *py_parse(PyObject *self, PyObject *args)
+{
+    Py_buffer prog;
+    int nfds, fds[MAX_FDS];
+    struct plan p;
+    struct fail f;
+    PyObject *out;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*i", &prog, &nfds))
+        return NULL;
+    if (nfds < 0 || nfds > MAX_FDS) {
+        PyBuffer_Release(&prog);
+        PyErr_SetString(PyExc_ValueError, "nfds out of range");
+        return NULL;
+    }
+    for (int k = 0; k < nfds; k++)
+        fds[k] = k;   /* so that each fd reads back as its index */
+    if (parse(prog.buf, (size_t)prog.len, fds, nfds, &p, &f) < 0) {
+        plan_free(&p);
+        PyBuffer_Release(&prog);
+        return PyErr_Format(PyExc_ValueError, "%s", f.msg);
+    }
+    out = PyList_New(p.nitems);
+    for (int n = 0; out && n < p.nitems; n++) {
+        const struct item *it = &p.items[n];
+        PyObject *ints = PyTuple_New(it->nint), *strs = PyTuple_New(it->nstr), *t;
+        if (!ints || !strs) {
+            Py_XDECREF(ints);
+            Py_XDECREF(strs);
+            Py_CLEAR(out);
+            break;
+        }
+        for (int k = 0; k < it->nint; k++)
+            PyTuple_SET_ITEM(ints, k, PyLong_FromLongLong(it->i[k]));
+        for (int k = 0; k < it->nstr; k++) {
+            PyObject *v;
+            if (!it->s[k]) {
+                v = Py_None;
+                Py_INCREF(v);
+            } else {
+                /* C strings without their NUL; the BPF program as it is */
+                v = PyBytes_FromStringAndSize(it->s[k], it->len[k] - (it->tag != T_SECCOMP));
+            }
+            PyTuple_SET_ITEM(strs, k, v);
+        }
+        t = Py_BuildValue("(iNN)", it->tag, ints, strs);
+        if (!t) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, n, t);
+    }
+    plan_free(&p);
+    PyBuffer_Release(&prog);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"parse", py_parse, METH_VARARGS,
+     "parse(program, nfds) -> [(tag, ints, strs)]: the items as the cloner reads them\n"
+     "(fds read back as their indices); ValueError naming what is malformed."},
     {"spawn", py_spawn, METH_VARARGS,
      "spawn(program, fds) -> (status, errno, pid, pidfd, message): clone and run it.\n"
      "status 0: the child runs (released unless held); 1: no child, nothing done;\n"
