@@ -12,9 +12,8 @@ from __future__ import annotations
 import struct
 
 from runtime import rootfs
-from runtime.sys import _clone
 from runtime.container.init import ChildFds, ChildPlan
-from runtime.sys import Namespace
+from runtime.sys import Namespace, _clone
 
 TAG = _clone.TAGS
 _HEAD = struct.Struct("=4H")

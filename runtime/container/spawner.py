@@ -36,9 +36,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from runtime import rootfs
 from runtime.container import program
-from runtime.sys import _clone
 from runtime.container.init import ChildFds, ChildPlan
-from runtime.sys import Namespace
+from runtime.sys import Namespace, _clone
 from runtime.sys import libc as libc_mod
 
 if TYPE_CHECKING:

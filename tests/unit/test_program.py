@@ -10,8 +10,7 @@ import pytest
 from runtime.container.init import ChildFds, ChildPlan
 from runtime.container.program import CHILD, HOST, TAG, ProgramError, compile_start
 from runtime.rootfs import IdmapBind, Mkdir, Mount, Pivot, RemountReadOnly
-from runtime.sys import MountFlag, Namespace
-from runtime.sys import _clone
+from runtime.sys import MountFlag, Namespace, _clone
 
 NAME = {v: k for k, v in TAG.items()}
 
