@@ -2,7 +2,8 @@
 
 The daemon setns()es into the container's pid namespace just around the
 clone (only children are affected), the child joins the user, mount, uts,
-ipc, net and cgroup namespaces itself, then follows init.py's path to exec.
+ipc, net and cgroup namespaces itself, then takes a container's path to its exec
+(`_clone`: user, workdir, caps, no_new_privs, seccomp).
 """
 
 from __future__ import annotations

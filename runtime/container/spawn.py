@@ -1,6 +1,6 @@
 """Spawn: clone a container's PID 1 into its namespaces and see it exec.
 
-The parent's half of the handshake with init.py:
+The parent's half of the handshake with the child (runtime/sys/_clone.c):
 
     clone3(NEWUSER|NEWPID|NEWUTS|NEWIPC[|NEWNET], INTO_CGROUP, PIDFD)   child: waits "go"
       (by the spawner process with CLONE_PARENT, or by berthd itself: the Cloner)
