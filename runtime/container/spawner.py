@@ -25,6 +25,7 @@ has PR_SET_PDEATHSIG=SIGKILL, so it never outlives berthd.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -89,7 +90,7 @@ def _compile(plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: i
         return program.compile_start(plan, fds, namespaces, cgroup_fd, pid_ns_fd,
                                      setup.id_map, setup.host_steps, setup.release, parent)
     except program.ProgramError as e:
-        raise OSError(22, f"{e}") from None
+        raise OSError(errno.EINVAL, f"{e}") from None
 
 
 def _result(status: int, err: int, pid: int, pidfd: int, message: str) -> tuple[int, int]:
@@ -104,12 +105,9 @@ class InProcessCloner:
     """clone3 of the calling process itself: berthd's way when no spawner runs (e.g. an
     engine embedded in a test). The child runs `_clone`'s C code only."""
 
-    def __init__(self, parent: bool = False) -> None:
-        self.parent = parent   # CLONE_PARENT: the child is our parent's child
-
     def clone(self, plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: int,
               pid_ns_fd: int, setup: ParentSetup) -> tuple[int, int]:
-        prog, sent = _compile(plan, fds, namespaces, cgroup_fd, pid_ns_fd, setup, self.parent)
+        prog, sent = _compile(plan, fds, namespaces, cgroup_fd, pid_ns_fd, setup, False)
         return _result(*_clone.spawn(prog, sent))
 
 
