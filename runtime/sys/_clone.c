@@ -270,6 +270,35 @@ static int parse(const char *buf, size_t size, const int *fds, int nfds, struct 
             off += len;
         }
     }
+    /* Each item has the fields its tag needs (strings not null, but a mount's fstype
+     * and data): a program that lacks one is refused here, before any clone. */
+    for (int n = 0; n < p->nitems; n++) {
+        const struct item *it = &p->items[n];
+        int nint = 0, nstr = 0, nullable = MAX_STR;
+        switch (it->tag) {
+        case T_CLONE: nint = 4; break;
+        case T_STDIO: nint = 3; break;
+        case T_JOIN: nint = 2; break;
+        case T_RELEASE: case T_GO: case T_ERROR: case T_CONSOLE: case T_UNSHARE: case T_CAPS:
+            nint = 1; break;
+        case T_IDMAP: case T_HOSTNAME: case T_DOMAINNAME: case T_USER: case T_ARG: case T_ENV:
+        case T_SECCOMP:
+            nstr = 1; break;
+        case T_WORKDIR: nint = 1; nstr = 1; break;
+        case S_MKDIR: case S_TOUCH: case S_REMOUNT_RO: case S_MASK: case S_READONLY:
+        case S_PIVOT:
+            nint = 1; nstr = 1; break;
+        case S_SYMLINK: case S_IDMAP_BIND: case S_MOUNTPOINT: nint = 1; nstr = 2; break;
+        case S_MOUNT: nint = 2; nstr = 4; nullable = 2; break;
+        default: break;
+        }
+        if (it->nint < nint || it->nstr < nstr)
+            return failf(f, EINVAL, "program: item %d has %d ints and %d strings, not %d and %d",
+                         it->tag, it->nint, it->nstr, nint, nstr);
+        for (int k = 0; k < nstr && k < nullable; k++)
+            if (!it->s[k])
+                return failf(f, EINVAL, "program: item %d: string %d is null", it->tag, k);
+    }
     /* Count argv and env first: their arrays are made once, here. */
     for (int n = 0; n < p->nitems; n++) {
         p->argc += p->items[n].tag == T_ARG;
@@ -301,27 +330,21 @@ static int parse(const char *buf, size_t size, const int *fds, int nfds, struct 
         case T_IDMAP:
             p->idmap = it->s[0];
             break;
-        case T_RELEASE:
-            if ((p->release_fd = get_fd(it, 0, fds, nfds, f)) < -1)
-                return -1;
-            break;
         case T_STDIO:
             for (int k = 0; k < 3; k++)
                 if ((p->stdio[k] = get_fd(it, k, fds, nfds, f)) < -1)
                     return -1;
             break;
+        case T_RELEASE:
         case T_GO:
-            if ((p->go_fd = get_fd(it, 0, fds, nfds, f)) < -1)
-                return -1;
-            break;
         case T_ERROR:
-            if ((p->err_fd = get_fd(it, 0, fds, nfds, f)) < -1)
+        case T_CONSOLE: {
+            int *slot = it->tag == T_RELEASE ? &p->release_fd : it->tag == T_GO ? &p->go_fd
+                        : it->tag == T_ERROR ? &p->err_fd : &p->console_fd;
+            if ((*slot = get_fd(it, 0, fds, nfds, f)) < -1)
                 return -1;
             break;
-        case T_CONSOLE:
-            if ((p->console_fd = get_fd(it, 0, fds, nfds, f)) < -1)
-                return -1;
-            break;
+        }
         case T_JOIN:
             if (p->njoin == MAX_JOIN)
                 return failf(f, EINVAL, "program: too many namespaces to join");

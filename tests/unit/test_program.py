@@ -99,6 +99,10 @@ def item(tag: int, ints: tuple[int, ...] = (), strs: tuple[bytes, ...] = ()) -> 
     (item(TAG["CAPS"], (1,))[:-1], 0, "program: truncated item"),
     (item(TAG["SECCOMP"], (), (b"\0" * 7,)), 0, "seccomp program of 7 bytes"),
     (item(TAG["ERROR"], (0,)), 1, "program: no command"),
+    (item(TAG["CLONE"], (0, 0)), 0, "has 2 ints and 0 strings, not 4 and 0"),
+    (item(TAG["ARG"], (), ()), 0, "has 0 ints and 0 strings, not 0 and 1"),
+    (item(TAG["MOUNT"], (1, 0), (b"proc\0",)), 0, "has 2 ints and 1 strings, not 2 and 4"),
+    (struct.pack("=4HI", TAG["ARG"], 0, 1, 0, 0xFFFFFFFF), 0, "string 0 is null"),
 ])
 def test_a_malformed_program_is_refused_with_what_is_wrong(prog: bytes, nfds: int,
                                                            error: str) -> None:
