@@ -77,9 +77,8 @@ def _b(s: str | None) -> bytes | None:
 class LibcSys:
     """The real kernel, through libc."""
 
-    # The messages are built only on failure: these run in a container's child before
-    # its exec, where every object touched costs a copy-on-write page fault (an f-string
-    # with an IntFlag in it walks the enum machinery).
+    # The messages are built only on failure (an f-string with an IntFlag in it walks
+    # the enum machinery).
     def mount(self, source: str, target: str, fstype: str | None,
               flags: MountFlag, data: str | None = None) -> None:
         if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) < 0:
