@@ -16,10 +16,25 @@ from runtime.container.init import ChildFds, ChildPlan
 from runtime.sys import Namespace, _clone
 
 TAG = _clone.TAGS
-_HEAD = struct.Struct("=4H")
+_ITEM = [struct.Struct(f"=4H{n}q") for n in range(5)]   # the head and n ints
 _LEN = struct.Struct("=I")
-_NULL = 0xFFFFFFFF
+_NULL = _LEN.pack(0xFFFFFFFF)
 HOST, CHILD = 0, 1   # the phase of a rootfs step: the cloner's, or the child's
+
+# Each rootfs step: its item and the fields that are its strings (a Mount's flags go
+# with the phase as ints).
+_STEPS: dict[type, tuple[int, tuple[str, ...]]] = {
+    rootfs.Mkdir: (TAG["MKDIR"], ("path",)),
+    rootfs.Touch: (TAG["TOUCH"], ("path",)),
+    rootfs.Symlink: (TAG["SYMLINK"], ("target", "link")),
+    rootfs.Mount: (TAG["MOUNT"], ("source", "target", "fstype", "data")),
+    rootfs.IdmapBind: (TAG["IDMAP_BIND"], ("source", "target")),
+    rootfs.RemountReadOnly: (TAG["REMOUNT_RO"], ("target",)),
+    rootfs.MountPoint: (TAG["MOUNTPOINT"], ("source", "target")),
+    rootfs.Mask: (TAG["MASK"], ("path",)),
+    rootfs.ReadOnlyPath: (TAG["READONLY"], ("path",)),
+    rootfs.Pivot: (TAG["PIVOT"], ("root",)),
+}
 
 
 class ProgramError(ValueError):
@@ -38,44 +53,27 @@ class Writer:
         self.fds.append(fd)
         return len(self.fds) - 1
 
-    def item(self, tag: str, ints: tuple[int, ...] = (), strs: tuple[str | None, ...] = (),
-             raw: bytes | None = None) -> None:
-        self.parts.append(_HEAD.pack(TAG[tag], len(ints), len(strs) + (raw is not None), 0))
-        if ints:
-            self.parts.append(struct.pack(f"={len(ints)}q", *ints))
+    def item(self, tag: str | int, ints: tuple[int, ...] = (),
+             strs: tuple[str | None, ...] = (), raw: bytes | None = None) -> None:
+        parts = self.parts
+        parts.append(_ITEM[len(ints)].pack(TAG[tag] if isinstance(tag, str) else tag,
+                                           len(ints), len(strs) + (raw is not None), 0,
+                                           *ints))
         for s in strs:
             if s is None:
-                self.parts.append(_LEN.pack(_NULL))
+                parts.append(_NULL)
                 continue
             b = s.encode(errors="surrogateescape")
             if b"\0" in b:
                 raise ProgramError(f"NUL byte in {s!r}")
-            self.parts.append(_LEN.pack(len(b) + 1) + b + b"\0")
+            parts += (_LEN.pack(len(b) + 1), b, b"\0")
         if raw is not None:
-            self.parts.append(_LEN.pack(len(raw)) + raw)
+            parts += (_LEN.pack(len(raw)), raw)
 
     def step(self, phase: int, step: rootfs.Step) -> None:
-        match step:
-            case rootfs.Mkdir(path):
-                self.item("MKDIR", (phase,), (path,))
-            case rootfs.Touch(path):
-                self.item("TOUCH", (phase,), (path,))
-            case rootfs.Symlink(target, link):
-                self.item("SYMLINK", (phase,), (target, link))
-            case rootfs.Mount(source, target, fstype, flags, data):
-                self.item("MOUNT", (phase, int(flags)), (source, target, fstype, data))
-            case rootfs.IdmapBind(source, target):
-                self.item("IDMAP_BIND", (phase,), (source, target))
-            case rootfs.RemountReadOnly(target):
-                self.item("REMOUNT_RO", (phase,), (target,))
-            case rootfs.MountPoint(source, target):
-                self.item("MOUNTPOINT", (phase,), (source, target))
-            case rootfs.Mask(path):
-                self.item("MASK", (phase,), (path,))
-            case rootfs.ReadOnlyPath(path):
-                self.item("READONLY", (phase,), (path,))
-            case rootfs.Pivot(root):
-                self.item("PIVOT", (phase,), (root,))
+        tag, fields = _STEPS[type(step)]
+        ints = (phase, int(step.flags)) if isinstance(step, rootfs.Mount) else (phase,)
+        self.item(tag, ints, tuple(getattr(step, name) for name in fields))
 
     def program(self) -> bytes:
         return b"".join(self.parts)

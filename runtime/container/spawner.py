@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 _LEN = struct.Struct("!Q")
 _ANSWER = struct.Struct("=iii")
 _MAX_FDS = 64
-_OK, _ERROR, _SETUP_FAILED = 0, 1, 2   # _clone.c's statuses
 
 
 @dataclass(frozen=True)
@@ -94,9 +93,9 @@ def _compile(plan: ChildPlan, fds: ChildFds, namespaces: Namespace, cgroup_fd: i
 
 
 def _result(status: int, err: int, pid: int, pidfd: int, message: str) -> tuple[int, int]:
-    if status == _OK:
+    if status == _clone.OK:
         return pid, pidfd
-    if status == _SETUP_FAILED:
+    if status == _clone.SETUP_FAILED:
         raise SetupFailed(pid, pidfd, err, message)
     raise OSError(err, message)
 
@@ -188,7 +187,7 @@ class SpawnerClient:
                 os.close(fd)
             raise SpawnerError("spawner: a malformed answer")
         status, err, pid = _ANSWER.unpack_from(body)
-        if status != _ERROR and not pidfds:
+        if status != _clone.ERROR and not pidfds:
             raise SpawnerError("spawner: no pidfd with the answer")
         return _result(status, err, pid, pidfds[0] if pidfds else -1,
                        body[_ANSWER.size:].decode(errors="replace"))

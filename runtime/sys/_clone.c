@@ -1085,8 +1085,8 @@ static int parent_setup(const struct plan *p, pid_t pid, struct fail *f)
 enum { R_OK_ = 0, R_ERROR = 1, R_SETUP_FAILED = 2 };
 
 struct result {
-    int status, err, pid, pidfd;
-    char msg[MSG_MAX];
+    int status, pid, pidfd;
+    struct fail f;   /* why, with R_ERROR and R_SETUP_FAILED (zeroed otherwise) */
 };
 
 /* Clone per the program and run both parts. Thread-safe (no shared state but the
@@ -1094,19 +1094,15 @@ struct result {
 static void spawn(const char *prog, size_t size, const int *fds, int nfds, struct result *r)
 {
     struct plan p;
-    struct fail f = {0};
+    struct fail *f = &r->f;
     struct b_clone_args args;
     int own_pidns = -1, pidfd = -1;
     pid_t pid;
     memset(r, 0, sizeof *r);
     r->pidfd = -1;
-    if (parse(prog, size, fds, nfds, &p, &f) < 0 || (p.last_cap = last_cap(&f)) < 0) {
-        plan_free(&p);
-        r->status = R_ERROR;
-        r->err = f.err;
-        snprintf(r->msg, sizeof r->msg, "%s", f.msg);
-        return;
-    }
+    r->status = R_ERROR;
+    if (parse(prog, size, fds, nfds, &p, f) < 0 || (p.last_cap = last_cap(f)) < 0)
+        goto done;
     memset(&args, 0, sizeof args);
     args.flags = p.ns_flags | B_CLONE_PIDFD | (p.cgroup_fd >= 0 ? B_CLONE_INTO_CGROUP : 0)
                  | (p.parent ? B_CLONE_PARENT : 0);
@@ -1119,42 +1115,29 @@ static void spawn(const char *prog, size_t size, const int *fds, int nfds, struc
          * the clone, then back (our own active pid namespace is always allowed). */
         own_pidns = open("/proc/thread-self/ns/pid", O_RDONLY | O_CLOEXEC);
         if (own_pidns < 0 || setns(p.pidns_fd, CLONE_NEWPID) < 0) {
-            fail_call(&f, "setns pid");
+            fail_call(f, "setns pid");
             if (own_pidns >= 0)
                 close(own_pidns);
-            plan_free(&p);
-            r->status = R_ERROR;
-            r->err = f.err;
-            snprintf(r->msg, sizeof r->msg, "%s", f.msg);
-            return;
+            goto done;
         }
     }
     pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
     if (pid == 0)
         child_main(&p);
     if (pid < 0)
-        fail_call(&f, "clone3 0x%llx", (unsigned long long)p.ns_flags);
+        fail_call(f, "clone3 0x%llx", (unsigned long long)p.ns_flags);
     if (own_pidns >= 0) {
-        int saved = errno;
         if (setns(own_pidns, CLONE_NEWPID) < 0)
             abort();   /* this thread's children would be born in a container's pid ns */
         close(own_pidns);
-        errno = saved;
     }
-    if (pid < 0) {
-        r->status = R_ERROR;
-        r->err = f.err;
-        snprintf(r->msg, sizeof r->msg, "%s", f.msg);
-        plan_free(&p);
-        return;
-    }
+    if (pid < 0)
+        goto done;
     r->pid = pid;
     r->pidfd = pidfd;
-    if (parent_setup(&p, pid, &f) < 0) {
-        r->status = R_SETUP_FAILED;   /* the caller kills and reaps it, undoes mounts */
-        r->err = f.err;
-        snprintf(r->msg, sizeof r->msg, "%s", f.msg);
-    }
+    /* A failed setup leaves the child to the caller: it kills and reaps it, undoes mounts. */
+    r->status = parent_setup(&p, pid, f) < 0 ? R_SETUP_FAILED : R_OK_;
+done:
     plan_free(&p);
 }
 
@@ -1222,9 +1205,9 @@ static int recv_request(int sock, char **body, size_t *size, int *fds, int *nfds
 static int send_result(int sock, const struct result *r)
 {
     char buf[8 + 12 + MSG_MAX];
-    size_t mlen = strlen(r->msg), len = 12 + mlen;
+    size_t mlen = strlen(r->f.msg), len = 12 + mlen;
     uint64_t be = htobe64(len);
-    int32_t head[3] = {r->status, r->err, r->pid};
+    int32_t head[3] = {r->status, r->f.err, r->pid};
     union {
         char buf[CMSG_SPACE(sizeof(int))];
         struct cmsghdr align;
@@ -1234,7 +1217,7 @@ static int send_result(int sock, const struct result *r)
     ssize_t n;
     memcpy(buf, &be, 8);
     memcpy(buf + 8, head, 12);
-    memcpy(buf + 20, r->msg, mlen);
+    memcpy(buf + 20, r->f.msg, mlen);
     iov.iov_base = buf;
     iov.iov_len = 8 + len;
     if (r->pidfd >= 0) {
@@ -1333,7 +1316,7 @@ static PyObject *py_spawn(PyObject *self, PyObject *args)
     spawn(prog.buf, (size_t)prog.len, fds, nfds, r);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&prog);
-    out = Py_BuildValue("(iiiis)", r->status, r->err, r->pid, r->pidfd, r->msg);
+    out = Py_BuildValue("(iiiis)", r->status, r->f.err, r->pid, r->pidfd, r->f.msg);
     PyMem_RawFree(r);
     return out;
 }
@@ -1482,6 +1465,12 @@ PyMODINIT_FUNC PyInit__clone(void)
     PyObject *m = PyModule_Create(&module), *d;
     if (!m)
         return NULL;
+    if (PyModule_AddIntConstant(m, "OK", R_OK_) < 0
+        || PyModule_AddIntConstant(m, "ERROR", R_ERROR) < 0
+        || PyModule_AddIntConstant(m, "SETUP_FAILED", R_SETUP_FAILED) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     d = PyDict_New();
     if (!d || PyModule_AddObject(m, "TAGS", d) < 0) {
         Py_XDECREF(d);

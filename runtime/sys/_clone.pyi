@@ -1,6 +1,9 @@
 # runtime/sys/_clone.c
 
 TAGS: dict[str, int]
+OK: int            # spawn's statuses
+ERROR: int
+SETUP_FAILED: int
 
 def spawn(program: bytes, fds: list[int], /) -> tuple[int, int, int, int, str]: ...
 def serve(sock_fd: int, /) -> None: ...
