@@ -177,10 +177,10 @@ def direct(side: d.BerthSide, n: int, run_root: Path, run_used0: tuple[int, int]
     out["run tmpfs inodes"] = (inodes - run_used0[1]) / n
     dirs, files, _ = tree_usage(m.config.exec_root / "containers")
     out["run dir: dirs"] = dirs / n
-    out["run dir: files (FIFOs, /etc)"] = files / n
+    out["run dir: files (FIFOs)"] = files / n
     dirs, files, size = tree_usage(m.config.root / "containers")
     out["data dir: dirs"] = dirs / n
-    out["data dir: files"] = files / n
+    out["data dir: files (/etc, logs)"] = files / n
     out["data dir: file pages (KiB)"] = size / n / KIB
     db = m.config.root / "berth.db"
     for suffix in ("", "-wal", "-shm"):

@@ -365,7 +365,7 @@ async def start_services(config: DaemonConfig, backend: Backend) -> Services:
         net = NetworkService(db)
         await net.start()
         services.network = backend.networks = net
-        provider = EngineNetwork(net, files_root=config.exec_root / "net")
+        provider = EngineNetwork(net, files_root=config.data_root / "net")
     cgroup_root = config.cgroup_parent or delegated_cgroup_root(
         Path("/proc/self/cgroup").read_text(), bool(os.environ.get("INVOCATION_ID")))
     engine = EngineConfig(root=config.data_root, exec_root=config.exec_root,

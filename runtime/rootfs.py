@@ -45,8 +45,8 @@ class VolumeKind(StrEnum):
     VOLUME = "volume"
     TMPFS = "tmpfs"
     # A file the engine wrote for this container alone (/etc/hosts, /etc/hostname,
-    # /etc/resolv.conf), already owned by its mapped root: the child binds it straight
-    # from the host path, with no idmapped staging mount (3 fewer mounts per start).
+    # /etc/resolv.conf), already owned by its mapped root: no idmapped staging mount
+    # (3 fewer mounts per start); the child moves in a copy of its mount (TreeBind).
     FILE = "file"
 
 
@@ -143,8 +143,18 @@ class Pivot:
     root: str
 
 
+@dataclass(frozen=True)
+class TreeBind:
+    """Bind source on target through a copy of source's mount that the cloner takes
+    before the clone (open_tree), moved in by the child: the container's root need not
+    be able to reach source by its path (a data root under a 0700 dir, as /root)."""
+
+    source: str
+    target: str
+
+
 Step = (Mkdir | Touch | Symlink | Mount | IdmapBind | RemountReadOnly | MountPoint | Mask
-        | ReadOnlyPath | Pivot)
+        | ReadOnlyPath | Pivot | TreeBind)
 
 
 def _in(root: str, path: str) -> str:
@@ -249,9 +259,12 @@ def container_plan(spec: RootfsSpec) -> list[Step]:
                             _NOSUID_NODEV_NOEXEC | (MountFlag.RDONLY if vol.read_only
                                                     else MountFlag.NONE), "mode=1777")]
             continue
-        staged = vol.source if vol.kind is VolumeKind.FILE else staged_volume(spec, i)
-        steps += [MountPoint(staged, target),
-                  Mount(staged, target, None, MountFlag.BIND | MountFlag.REC)]
+        if vol.kind is VolumeKind.FILE:
+            steps += [Touch(target), TreeBind(vol.source, target)]
+        else:
+            staged = staged_volume(spec, i)
+            steps += [MountPoint(staged, target),
+                      Mount(staged, target, None, MountFlag.BIND | MountFlag.REC)]
         if vol.read_only:
             steps.append(RemountReadOnly(target))
     steps += [Mask(_in(r, p)) for p in spec.masked_paths]

@@ -34,6 +34,7 @@ _STEPS: dict[type, tuple[int, tuple[str, ...]]] = {
     rootfs.Mask: (TAG["MASK"], ("path",)),
     rootfs.ReadOnlyPath: (TAG["READONLY"], ("path",)),
     rootfs.Pivot: (TAG["PIVOT"], ("root",)),
+    rootfs.TreeBind: (TAG["TREE_BIND"], ("source", "target")),
 }
 
 

@@ -65,9 +65,10 @@ def own_etc_files(mgr: ContainerManager, c: Container) -> tuple[rootfs.Volume, .
     if network_files(mgr, c):
         return ()
     taken = {v.destination for v in c.record.volumes}
-    # In the run dir (tmpfs under /run), not the data dir: they are written afresh at
-    # every start, so they are run state; creating three files on a disk costs ~2 ms.
-    d = mgr.run_dir(c.id)
+    # In the data dir (on disk), as dockerd keeps them, written afresh at every start.
+    # Not in the run dir: on its tmpfs each small file holds a whole page that cannot
+    # be reclaimed (12 KiB per container); on disk their pages are page cache.
+    d = mgr.data_dir(c.id)
     return tuple(rootfs.Volume(str(d / name), f"/etc/{name}", kind=rootfs.VolumeKind.FILE)
                  for name in ETC_FILES if f"/etc/{name}" not in taken)
 

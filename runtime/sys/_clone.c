@@ -122,7 +122,12 @@ enum {
     S_MASK,         /* s: path */
     S_READONLY,     /* s: path */
     S_PIVOT,        /* s: root */
+    S_TREE_BIND,    /* s: source, target; the cloner takes a copy of source's mount before
+                     * the clone (open_tree), the child moves it on target: the child's
+                     * root need not reach source by its path (i[1]: that copy's fd) */
 };
+#define S_FIRST S_MKDIR
+#define S_LAST S_TREE_BIND
 
 #define MAX_INT 4
 #define MAX_STR 4
@@ -288,7 +293,8 @@ static int parse(const char *buf, size_t size, const int *fds, int nfds, struct 
         case S_MKDIR: case S_TOUCH: case S_REMOUNT_RO: case S_MASK: case S_READONLY:
         case S_PIVOT:
             nint = 1; nstr = 1; break;
-        case S_SYMLINK: case S_IDMAP_BIND: case S_MOUNTPOINT: nint = 1; nstr = 2; break;
+        case S_SYMLINK: case S_IDMAP_BIND: case S_MOUNTPOINT: case S_TREE_BIND:
+            nint = 1; nstr = 2; break;
         case S_MOUNT: nint = 2; nstr = 4; nullable = 2; break;
         default: break;
         }
@@ -392,8 +398,11 @@ static int parse(const char *buf, size_t size, const int *fds, int nfds, struct 
             p->seccomp.filter = (struct sock_filter *)it->s[0];
             p->has_seccomp = 1;
             break;
+        case S_TREE_BIND:
+            it->i[1] = -1;   /* opened by open_trees, just before the clone */
+            break;
         default:
-            if (it->tag < S_MKDIR || it->tag > S_PIVOT)
+            if (it->tag < S_FIRST || it->tag > S_LAST)
                 return failf(f, EINVAL, "program: unknown item %d", it->tag);
         }
     }
@@ -402,6 +411,31 @@ static int parse(const char *buf, size_t size, const int *fds, int nfds, struct 
     if (!p->path)
         p->path = "";
     return 0;
+}
+
+/* Before the clone: a detached copy of each S_TREE_BIND source's mount, made here with
+ * the cloner's view of the host's paths. */
+static int open_trees(struct plan *p, struct fail *f)
+{
+    for (int n = 0; n < p->nitems; n++) {
+        struct item *it = &p->items[n];
+        if (it->tag != S_TREE_BIND)
+            continue;
+        it->i[1] = syscall(SYS_open_tree, AT_FDCWD, it->s[0], OPEN_TREE_CLONE | O_CLOEXEC);
+        if (it->i[1] < 0)
+            return fail_call(f, "open_tree %s", it->s[0]);
+    }
+    return 0;
+}
+
+/* After the clone (the child has its own copies), or when it did not happen. */
+static void close_trees(struct plan *p)
+{
+    for (int n = 0; n < p->nitems; n++)
+        if (p->items[n].tag == S_TREE_BIND && p->items[n].i[1] >= 0) {
+            close((int)p->items[n].i[1]);
+            p->items[n].i[1] = -1;
+        }
 }
 
 static void plan_free(struct plan *p)
@@ -583,7 +617,7 @@ static int apply_steps(const struct plan *p, int phase, int userns_fd, struct fa
         const struct item *it = &p->items[n];
         const char *a = it->s[0], *b = it->s[1];
         int rc = 0;
-        if (it->tag < S_MKDIR || it->tag > S_PIVOT || it->i[0] != phase)
+        if (it->tag < S_FIRST || it->tag > S_LAST || it->i[0] != phase)
             continue;
         switch (it->tag) {
         case S_MKDIR:
@@ -638,6 +672,13 @@ static int apply_steps(const struct plan *p, int phase, int userns_fd, struct fa
             break;
         case S_PIVOT:
             rc = pivot(a, f);
+            break;
+        case S_TREE_BIND:
+            /* Not following a symlink at target: the mount lands on the link itself,
+             * never where an image's link points. */
+            if (syscall(SYS_move_mount, (int)it->i[1], "", AT_FDCWD, b,
+                        MOVE_MOUNT_F_EMPTY_PATH) < 0)
+                rc = fail_call(f, "move_mount %s to %s", a, b);
             break;
         }
         if (rc < 0)
@@ -1064,7 +1105,7 @@ static int parent_setup(const struct plan *p, pid_t pid, struct fail *f)
                      || write_proc(pid, "gid_map", p->idmap, f) < 0))
         return -1;
     for (int n = 0; n < p->nitems; n++)
-        has_host |= p->items[n].tag >= S_MKDIR && p->items[n].tag <= S_PIVOT
+        has_host |= p->items[n].tag >= S_FIRST && p->items[n].tag <= S_LAST
                     && p->items[n].i[0] == 0;
     if (has_host) {
         char path[64];
@@ -1101,7 +1142,11 @@ static void spawn(const char *prog, size_t size, const int *fds, int nfds, struc
     memset(r, 0, sizeof *r);
     r->pidfd = -1;
     r->status = R_ERROR;
-    if (parse(prog, size, fds, nfds, &p, f) < 0 || (p.last_cap = last_cap(f)) < 0)
+    if (parse(prog, size, fds, nfds, &p, f) < 0) {
+        plan_free(&p);
+        return;
+    }
+    if ((p.last_cap = last_cap(f)) < 0 || open_trees(&p, f) < 0)
         goto done;
     memset(&args, 0, sizeof args);
     args.flags = p.ns_flags | B_CLONE_PIDFD | (p.cgroup_fd >= 0 ? B_CLONE_INTO_CGROUP : 0)
@@ -1138,6 +1183,7 @@ static void spawn(const char *prog, size_t size, const int *fds, int nfds, struc
     /* A failed setup leaves the child to the caller: it kills and reaps it, undoes mounts. */
     r->status = parent_setup(&p, pid, f) < 0 ? R_SETUP_FAILED : R_OK_;
 done:
+    close_trees(&p);
     plan_free(&p);
 }
 
@@ -1460,7 +1506,7 @@ PyMODINIT_FUNC PyInit__clone(void)
         {"MKDIR", S_MKDIR}, {"TOUCH", S_TOUCH}, {"SYMLINK", S_SYMLINK}, {"MOUNT", S_MOUNT},
         {"IDMAP_BIND", S_IDMAP_BIND}, {"REMOUNT_RO", S_REMOUNT_RO},
         {"MOUNTPOINT", S_MOUNTPOINT}, {"MASK", S_MASK}, {"READONLY", S_READONLY},
-        {"PIVOT", S_PIVOT},
+        {"PIVOT", S_PIVOT}, {"TREE_BIND", S_TREE_BIND},
     };
     PyObject *m = PyModule_Create(&module), *d;
     if (!m)

@@ -216,13 +216,21 @@ def test_without_user_namespace_the_container_runs_as_host_root(env: EngineEnv,
 
 
 def test_etc_hostname_and_hosts_are_provided(env: EngineEnv) -> None:
+    # As under /root: the data root's parent lets only root through, and the files are
+    # there (on disk, as dockerd keeps them), yet the container's mapped root gets them.
+    assert not env.root.parent.stat().st_mode & 0o001
+
     async def scenario(m: ContainerManager) -> None:
         rec = await m.create(CreateRequest(image=IMAGE, hostname="web1", read_only=True,
                                            cmd=("sh", "-c", "cat /etc/hostname; "
-                                                "grep -c localhost /etc/hosts")))
+                                                "grep -c localhost /etc/hosts; "
+                                                "echo '10.0.0.9 db' >> /etc/hosts")))
         await m.start(rec.id)
         assert (await m.wait(rec.id)).status_code == 0
         assert (await output(m, rec.id)).split() == ["web1", "2"]
+        # Writable even on a read-only rootfs, as Docker's: the container's own file.
+        assert "10.0.0.9 db" in (m.data_dir(rec.id) / "hosts").read_text()
+        assert (m.data_dir(rec.id) / "hostname").read_text() == "web1\n"
 
     drive(env, scenario)
     assert leaks(env) == []

@@ -9,7 +9,7 @@ import pytest
 
 from runtime.container.init import ChildFds, ChildPlan
 from runtime.container.program import CHILD, HOST, TAG, ProgramError, compile_start
-from runtime.rootfs import IdmapBind, Mkdir, Mount, Pivot, RemountReadOnly
+from runtime.rootfs import IdmapBind, Mkdir, Mount, Pivot, RemountReadOnly, TreeBind
 from runtime.sys import MountFlag, Namespace, _clone
 
 NAME = {v: k for k, v in TAG.items()}
@@ -22,7 +22,8 @@ def items(prog: bytes, nfds: int) -> list[tuple[str, tuple[int, ...], tuple[byte
 def test_a_start_reads_back_field_for_field() -> None:
     plan = ChildPlan(
         steps=(Mount("proc", "/r/proc", "proc", MountFlag.NOSUID | MountFlag.NODEV),
-               Pivot("/r"), RemountReadOnly("/")),
+               TreeBind("/var/lib/c/hosts", "/r/etc/hosts"), Pivot("/r"),
+               RemountReadOnly("/")),
         args=("sh", "-c", "echo héllo"), env=("PATH=/bin", "A=b=c"), user="app:staff",
         working_dir="/srv", hostname="web", caps=(0, 1, 40), seccomp_bpf=b"\x06\0\0\0\0\0\xff\x7f",
         userns=True, unshare=Namespace.MOUNT | Namespace.CGROUP, tty=False, domainname="corp")
@@ -45,6 +46,7 @@ def test_a_start_reads_back_field_for_field() -> None:
         ("UNSHARE", (int(Namespace.MOUNT | Namespace.CGROUP),), ()),
         ("MOUNT", (CHILD, int(MountFlag.NOSUID | MountFlag.NODEV)),
          (b"proc", b"/r/proc", b"proc", None)),
+        ("TREE_BIND", (CHILD,), (b"/var/lib/c/hosts", b"/r/etc/hosts")),
         ("PIVOT", (CHILD,), (b"/r",)),
         ("REMOUNT_RO", (CHILD,), (b"/",)),
         ("HOSTNAME", (), (b"web",)),

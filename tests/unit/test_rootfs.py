@@ -14,6 +14,7 @@ from runtime.rootfs import (
     RemountReadOnly,
     RootfsSpec,
     Symlink,
+    TreeBind,
     Volume,
     VolumeKind,
     container_plan,
@@ -101,14 +102,14 @@ def test_host_network_binds_the_hosts_sys_read_only() -> None:
     assert RemountReadOnly("/run/c/rootfs/sys") in plan
 
 
-def test_engine_files_are_bound_straight_from_the_host_not_staged() -> None:
+def test_engine_files_are_moved_in_from_the_host_not_staged() -> None:
     s = spec(volumes=(Volume("/data", "/data"),
-                      Volume("/run/c/hosts", "/etc/hosts", kind=VolumeKind.FILE)))
+                      Volume("/var/lib/c/hosts", "/etc/hosts", kind=VolumeKind.FILE)))
     host = host_plan(s)
     # Only the bind volume is staged (idmapped); the engine's file is not touched here.
-    assert not any("/run/c/hosts" in str(step) for step in host)
-    assert "/run/c/hosts" not in " ".join(host_teardown(s))
-    binds = [m for m in container_plan(s) if isinstance(m, Mount)
-             and m.target == "/run/c/rootfs/etc/hosts"]
-    assert binds == [Mount("/run/c/hosts", "/run/c/rootfs/etc/hosts", None,
-                           MountFlag.BIND | MountFlag.REC)]
+    assert not any("/var/lib/c/hosts" in str(step) for step in host)
+    assert "/var/lib/c/hosts" not in " ".join(host_teardown(s))
+    # The child moves in the copy of its mount the cloner took: never by its host path,
+    # which the container's root may not be allowed to reach.
+    steps = [m for m in container_plan(s) if "/var/lib/c/hosts" in str(m)]
+    assert steps == [TreeBind("/var/lib/c/hosts", "/run/c/rootfs/etc/hosts")]

@@ -19,7 +19,7 @@ from runtime.container.spawner import (
     _send,
     start_spawner,
 )
-from runtime.rootfs import Mkdir
+from runtime.rootfs import Mkdir, TreeBind
 from runtime.sys import Namespace
 
 
@@ -71,6 +71,28 @@ def test_a_failed_clone_is_an_error_with_no_child() -> None:
             assert spawner.alive()   # a bad request does not end the spawner
             with pytest.raises(OSError, match="NUL byte"):
                 spawner.clone(plan("a\0b"), fds, Namespace.NONE, -1, -1, ParentSetup())
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_file_to_move_in_that_cannot_be_opened_is_an_error_before_the_clone(
+        tmp_path: Path) -> None:
+    missing = tmp_path / "hosts"
+    r, w = os.pipe()
+    fds = ChildFds(stdin=-1, stdout=-1, stderr=-1, go=r, error=w)
+    child = ChildPlan(steps=(TreeBind(str(missing), "/r/etc/hosts"),), args=("true",),
+                      env=(), user="", working_dir="/", hostname=None, caps=(),
+                      seccomp_bpf=None, userns=False, unshare=Namespace.NONE, tty=False)
+    # Root gets as far as the path; anyone else is refused a copy of a mount at all.
+    name = "ENOENT" if os.geteuid() == 0 else "EPERM"
+    try:
+        with start_spawner() as spawner:
+            with pytest.raises(OSError) as failed:
+                spawner.clone(child, fds, Namespace.NONE, -1, -1, ParentSetup())
+            assert not isinstance(failed.value, SetupFailed)   # no child to reap
+            assert failed.value.strerror.startswith(f"open_tree {missing}: {name} (")
+            assert spawner.alive()
     finally:
         os.close(r)
         os.close(w)
