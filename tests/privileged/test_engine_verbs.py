@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from runtime.container.manager import ContainerManager
 from runtime.container.spec import CreateRequest, ExecRequest, VolumeRequest
 from runtime.container.state import Status, WaitCondition
 from runtime.events import EventBus
+from runtime.store.archive import import_rootfs
 from tests.privileged.conftest import NetNS
 from tests.privileged.engine_env import IMAGE, EngineEnv, engine_env, leaks, output
 
@@ -231,6 +233,34 @@ def test_etc_hostname_and_hosts_are_provided(env: EngineEnv) -> None:
         # Writable even on a read-only rootfs, as Docker's: the container's own file.
         assert "10.0.0.9 db" in (m.data_dir(rec.id) / "hosts").read_text()
         assert (m.data_dir(rec.id) / "hostname").read_text() == "web1\n"
+
+    drive(env, scenario)
+    assert leaks(env) == []
+
+
+def test_an_image_whose_resolv_conf_is_a_dangling_link_gets_the_engines_file(
+        env: EngineEnv, tmp_path: Path) -> None:
+    # As in images made for systemd-resolved: /etc/resolv.conf is a link to a file that
+    # only a booted host has. The engine's file goes on the link itself, not where the
+    # link points (that path is not in the image: following it was ENOENT).
+    link = "../run/systemd/resolve/stub-resolv.conf"
+    tar = tmp_path / "resolved.tar"
+    with tarfile.open(tmp_path / "busybox.tar") as src, tarfile.open(tar, "w") as dst:
+        for member in src.getmembers():
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        entry = tarfile.TarInfo("etc/resolv.conf")
+        entry.type, entry.linkname = tarfile.SYMTYPE, link
+        dst.addfile(entry)
+    with tar.open("rb") as f:
+        import_rootfs(env.images, f, tag="resolved:test")
+
+    async def scenario(m: ContainerManager) -> None:
+        rec = await m.create(CreateRequest(image="resolved:test",
+                                           cmd=("cat", "/etc/resolv.conf")))
+        await m.start(rec.id)
+        assert (await m.wait(rec.id)).status_code == 0
+        written = (m.data_dir(rec.id) / "resolv.conf").read_text()
+        assert await output(m, rec.id) == written
 
     drive(env, scenario)
     assert leaks(env) == []
