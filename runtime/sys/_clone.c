@@ -163,6 +163,7 @@ struct plan {
     int last_cap;
     struct sock_fprog seccomp;
     int has_seccomp;
+    int trees_open;          /* open_trees ran: each S_TREE_BIND's i[1] is an fd or -1 */
 };
 
 /* A failure: errno and a message ("what: ENAME (description)" for a failed call). */
@@ -398,9 +399,6 @@ static int parse(const char *buf, size_t size, const int *fds, int nfds, struct 
             p->seccomp.filter = (struct sock_filter *)it->s[0];
             p->has_seccomp = 1;
             break;
-        case S_TREE_BIND:
-            it->i[1] = -1;   /* opened by open_trees, just before the clone */
-            break;
         default:
             if (it->tag < S_FIRST || it->tag > S_LAST)
                 return failf(f, EINVAL, "program: unknown item %d", it->tag);
@@ -417,6 +415,10 @@ static int parse(const char *buf, size_t size, const int *fds, int nfds, struct 
  * the cloner's view of the host's paths. */
 static int open_trees(struct plan *p, struct fail *f)
 {
+    for (int n = 0; n < p->nitems; n++)
+        if (p->items[n].tag == S_TREE_BIND)
+            p->items[n].i[1] = -1;
+    p->trees_open = 1;
     for (int n = 0; n < p->nitems; n++) {
         struct item *it = &p->items[n];
         if (it->tag != S_TREE_BIND)
@@ -431,7 +433,7 @@ static int open_trees(struct plan *p, struct fail *f)
 /* After the clone (the child has its own copies), or when it did not happen. */
 static void close_trees(struct plan *p)
 {
-    for (int n = 0; n < p->nitems; n++)
+    for (int n = 0; p->trees_open && n < p->nitems; n++)
         if (p->items[n].tag == S_TREE_BIND && p->items[n].i[1] >= 0) {
             close((int)p->items[n].i[1]);
             p->items[n].i[1] = -1;
@@ -1142,11 +1144,8 @@ static void spawn(const char *prog, size_t size, const int *fds, int nfds, struc
     memset(r, 0, sizeof *r);
     r->pidfd = -1;
     r->status = R_ERROR;
-    if (parse(prog, size, fds, nfds, &p, f) < 0) {
-        plan_free(&p);
-        return;
-    }
-    if ((p.last_cap = last_cap(f)) < 0 || open_trees(&p, f) < 0)
+    if (parse(prog, size, fds, nfds, &p, f) < 0 || (p.last_cap = last_cap(f)) < 0
+        || open_trees(&p, f) < 0)
         goto done;
     memset(&args, 0, sizeof args);
     args.flags = p.ns_flags | B_CLONE_PIDFD | (p.cgroup_fd >= 0 ? B_CLONE_INTO_CGROUP : 0)

@@ -3,6 +3,7 @@ cloner's part fails for, a clone that fails, a request that cannot be expressed.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import signal
@@ -81,9 +82,7 @@ def test_a_file_to_move_in_that_cannot_be_opened_is_an_error_before_the_clone(
     missing = tmp_path / "hosts"
     r, w = os.pipe()
     fds = ChildFds(stdin=-1, stdout=-1, stderr=-1, go=r, error=w)
-    child = ChildPlan(steps=(TreeBind(str(missing), "/r/etc/hosts"),), args=("true",),
-                      env=(), user="", working_dir="/", hostname=None, caps=(),
-                      seccomp_bpf=None, userns=False, unshare=Namespace.NONE, tty=False)
+    child = dataclasses.replace(plan(), steps=(TreeBind(str(missing), "/r/etc/hosts"),))
     # Root gets as far as the path; anyone else is refused a copy of a mount at all.
     name = "ENOENT" if os.geteuid() == 0 else "EPERM"
     try:
