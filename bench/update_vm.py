@@ -61,12 +61,12 @@ def agent_phases(journal: str) -> dict[str, float]:
 
 def main(args: argparse.Namespace) -> int:
     # Imported here: `python -m bench` lists benchmarks without the test tree.
+    from tests.vm.conftest import build
     from tests.vm.update_support import (
         IMAGE_A,
         IMAGE_B,
         PROXY,
         Served,
-        build,
         configure,
         memory_peaks,
         repo_nic_args,
