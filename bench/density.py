@@ -5,8 +5,11 @@ own memory cgroup (see charged(): the honest figure on a shared machine),
 and the drop of MemAvailable (what the issue names; noisy here), after a
 settle pause; the time to start all N; and for berth the daemon's RSS (the
 engine runs in this process, so its growth is inside both figures). crun
-has no daemon and no per-container monitor either, so it is the floor:
-the target is berth <= 1.2x crun.
+has no daemon and no per-container monitor either, so it is the floor of a
+runtime: the target is berth <= 1.2x crun. Below it, the kernel's floor
+(FloorSide): the containers' process in its own namespaces and nothing else,
+what no runtime's container can cost less than; against podman, it bounds
+what any berth/podman ratio can reach.
 
 The sides alternate in rounds (N/5 containers each per round, all kept
 running), and each side's figures sum only its own rounds, so the machine's
@@ -45,6 +48,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 import uuid
@@ -72,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-crun", action="store_true", help="skip the crun side")
     parser.add_argument("--no-bare", action="store_true",
                         help="skip berth without user namespace and seccomp (crun's isolation)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the kernel's floor (busybox sleep in its own net, ipc, "
+                             "uts, cgroup and pid namespaces, execed by unshare)")
     parser.add_argument("--podman", type=int, default=0, metavar="N",
                         help="also run N podman containers (slow: ~0.4 s each); 0 = skip")
     parser.add_argument("--parts", action="store_true",
@@ -297,7 +304,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 async def berth_and_peers(tmp: Path, n: int, images: ImageStore, tar: Path,
-                          with_crun: bool, bare: bool, podman: int
+                          with_crun: bool, bare: bool, podman: int, floor: bool
                           ) -> tuple[dict[str, dict[str, float]], float, float]:
     sides: list[Side] = [BerthSide(tmp, images, "berth", VARIANTS["berth"])]
     if bare:
@@ -317,6 +324,8 @@ async def berth_and_peers(tmp: Path, n: int, images: ImageStore, tar: Path,
         sides.append(CrunSide(tmp, tar))
     if podman:
         sides.append(PodmanSide(tmp, tar, podman))
+    if floor:
+        sides.append(FloorSide())
     rss0 = rss()
     removed = float("nan")
     try:
@@ -368,7 +377,46 @@ class PodmanSide:
         return time.perf_counter() - t0
 
 
-Side = BerthSide | CrunSide | PodmanSide
+class FloorSide:
+    """The kernel's floor for a container: one busybox `sleep` (the containers' own
+    process) in its own network, ipc, uts and cgroup namespaces, execed by unshare(1),
+    which makes a pid namespace too (for its children: without --fork, no second
+    process). No mount namespace (its copy of the host's mounts is not what a
+    container holds), no rootfs, /proc or /dev, no cgroup, no filter, no monitor, no
+    record: every runtime's container costs at least this."""
+
+    label = "floor"
+
+    def __init__(self) -> None:
+        from tests.privileged.images import BUSYBOX
+
+        self.busybox = BUSYBOX
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def start(self, n: int) -> None:
+        for _ in range(n):
+            self.procs.append(subprocess.Popen(
+                ["unshare", "--net", "--pid", "--ipc", "--uts", "--cgroup", "--",
+                 str(self.busybox), "sleep", "1000000"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True))
+        for proc in self.procs[-n:]:  # unshare has execed sleep (or failed)
+            while proc.poll() is None and os.readlink(f"/proc/{proc.pid}/exe") != str(
+                    self.busybox.resolve()):
+                await asyncio.sleep(0.001)
+            if proc.returncode is not None:
+                raise RuntimeError(f"unshare exited {proc.returncode}")
+
+    async def close(self) -> float:
+        t0 = time.perf_counter()
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait()
+        return time.perf_counter() - t0
+
+
+Side = BerthSide | CrunSide | PodmanSide | FloorSide
 
 
 def main(args: argparse.Namespace) -> int:
@@ -381,6 +429,7 @@ def main(args: argparse.Namespace) -> int:
     tmp.chmod(0o711)
     load0 = os.getloadavg()
     try:
+        # Imported here: `python -m bench` lists benchmarks without the test tree.
         from tests.privileged.images import busybox_rootfs_tar
 
         tar = busybox_rootfs_tar(tmp / "busybox.tar")
@@ -392,7 +441,7 @@ def main(args: argparse.Namespace) -> int:
         with inside_netns("berth-density"), run_tmpfs(tmp / "run"):
             sides, rss_per, removed = asyncio.run(berth_and_peers(
                 tmp, n, images, tar, with_crun=not args.no_crun, bare=not args.no_bare,
-                podman=args.podman))
+                podman=args.podman, floor=not args.no_floor))
         p = sides.pop("podman", None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -412,7 +461,7 @@ def main(args: argparse.Namespace) -> int:
                               ("start all (s)", "start_all", 1)):
         print(f"{label:32}" + "".join(f"{sides[name][key] / scale:>14.1f}" for name in names))
     if "crun run -d" in sides:
-        for name in names[:-1]:
+        for name in (name for name in names if name.startswith("berth")):
             side = sides[name]
             print(f"ratio {name} / bare crun: charged {side['charged'] / crun['charged']:.2f}"
                   f" (target <= 1.2), without file cache "
@@ -430,6 +479,16 @@ def main(args: argparse.Namespace) -> int:
               f"{b['per_container'] / p['per_container']:.2f} (target <= 0.15); "
               f"{p['start_all'] / p['count'] * 1000:.0f} ms per start "
               f"(berth {b['start_all'] / n * 1000:.0f} ms)")
+    if "floor" in sides:
+        low = sides["floor"]
+        print(f"berth / floor: MemAvailable {b['per_container'] / low['per_container']:.2f}, "
+              f"without file cache {b['resident'] / low['resident']:.2f}")
+        if p is not None:
+            print(f"floor / podman: MemAvailable "
+                  f"{low['per_container'] / p['per_container']:.2f}, without file cache "
+                  f"{low['resident'] / p['resident']:.2f}, charged "
+                  f"{low['charged'] / p['charged']:.2f}: no container in its own "
+                  f"namespaces goes below this fraction of podman's")
     print(f"daemon (this process) RSS: +{rss_per / kib:.1f} KiB per berth container")
     print("memory charged = growth of this process's cgroup-v1 memory cgroup over each side's "
           "own rounds (containers and their kernel objects; the machine's other work "
