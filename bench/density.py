@@ -489,6 +489,12 @@ def main(args: argparse.Namespace) -> int:
                   f"{low['resident'] / p['resident']:.2f}, charged "
                   f"{low['charged'] / p['charged']:.2f}: no container in its own "
                   f"namespaces goes below this fraction of podman's")
+            # What the runtime adds to a container, the kernel's part taken out.
+            for key, what in (("per_container", "MemAvailable"),
+                              ("resident", "without file cache")):
+                ours, theirs = b[key] - low[key], p[key] - low[key]
+                print(f"above the floor, {what}: berth {ours / kib:.0f} KiB, podman "
+                      f"{theirs / kib:.0f} KiB per container: {ours / theirs:.2f}")
     print(f"daemon (this process) RSS: +{rss_per / kib:.1f} KiB per berth container")
     print("memory charged = growth of this process's cgroup-v1 memory cgroup over each side's "
           "own rounds (containers and their kernel objects; the machine's other work "
