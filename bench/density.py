@@ -400,9 +400,9 @@ class FloorSide:
                  str(self.busybox), "sleep", "1000000"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True))
-        for proc in self.procs[-n:]:  # unshare has execed sleep (or failed)
-            while proc.poll() is None and os.readlink(f"/proc/{proc.pid}/exe") != str(
-                    self.busybox.resolve()):
+        sleep = str(self.busybox.resolve())
+        for proc in self.procs[-n:]:  # until unshare has execed sleep (or failed)
+            while proc.poll() is None and _exe(proc.pid) != sleep:
                 await asyncio.sleep(0.001)
             if proc.returncode is not None:
                 raise RuntimeError(f"unshare exited {proc.returncode}")
@@ -417,6 +417,13 @@ class FloorSide:
 
 
 Side = BerthSide | CrunSide | PodmanSide | FloorSide
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:   # gone (poll() tells)
+        return None
 
 
 def main(args: argparse.Namespace) -> int:
