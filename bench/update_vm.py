@@ -131,7 +131,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'found -> ' + b.version + ' blessed':<36}{t_blessed:>8.0f}")
     print(f"{'peer: plain reboot -> berthd':<36}{reboot:>8.0f}")
     print(f"ratio update (found -> blessed) / plain reboot: {t_blessed / reboot:.1f}")
-    print(f"memory peak of hostos-update.service: {agent_peak} MB when staged (its cgroup's "
-          f"memory.peak), {unit_peak} MB as systemd logged it at stop")
+    agent_mb, unit_mb = (f"{mb:.1f} MB" if mb is not None else "not logged"
+                         for mb in (agent_peak, unit_peak))
+    print(f"memory peak of hostos-update.service: {agent_mb} when staged (its cgroup's "
+          f"memory.peak), {unit_mb} as systemd logged it at stop")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
