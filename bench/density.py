@@ -377,6 +377,13 @@ class PodmanSide:
         return time.perf_counter() - t0
 
 
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:   # gone (poll() tells)
+        return None
+
+
 class FloorSide:
     """The kernel's floor for a container: one busybox `sleep` (the containers' own
     process) in its own network, ipc, uts and cgroup namespaces, execed by unshare(1),
@@ -417,13 +424,6 @@ class FloorSide:
 
 
 Side = BerthSide | CrunSide | PodmanSide | FloorSide
-
-
-def _exe(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:   # gone (poll() tells)
-        return None
 
 
 def main(args: argparse.Namespace) -> int:

@@ -59,6 +59,10 @@ def agent_phases(journal: str) -> dict[str, float]:
     return {n: end - starts[n] for n, end in zip(names, ends, strict=True)}
 
 
+def _mb(value: float | None) -> str:
+    return "not logged" if value is None else f"{value:.1f} MB"
+
+
 def main(args: argparse.Namespace) -> int:
     # Imported here: `python -m bench` lists benchmarks without the test tree.
     from tests.vm.conftest import build
@@ -131,9 +135,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'found -> ' + b.version + ' blessed':<36}{t_blessed:>8.0f}")
     print(f"{'peer: plain reboot -> berthd':<36}{reboot:>8.0f}")
     print(f"ratio update (found -> blessed) / plain reboot: {t_blessed / reboot:.1f}")
-    agent_mb, unit_mb = (f"{mb:.1f} MB" if mb is not None else "not logged"
-                         for mb in (agent_peak, unit_peak))
-    print(f"memory peak of hostos-update.service: {agent_mb} when staged (its cgroup's "
-          f"memory.peak), {unit_mb} as systemd logged it at stop")
+    print(f"memory peak of hostos-update.service: {_mb(agent_peak)} when staged (its "
+          f"cgroup's memory.peak), {_mb(unit_peak)} as systemd logged it at stop")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0

@@ -433,7 +433,9 @@ static int open_trees(struct plan *p, struct fail *f)
 /* After the clone (the child has its own copies), or when it did not happen. */
 static void close_trees(struct plan *p)
 {
-    for (int n = 0; p->trees_open && n < p->nitems; n++)
+    if (!p->trees_open)
+        return;
+    for (int n = 0; n < p->nitems; n++)
         if (p->items[n].tag == S_TREE_BIND && p->items[n].i[1] >= 0) {
             close((int)p->items[n].i[1]);
             p->items[n].i[1] = -1;

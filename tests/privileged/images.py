@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from runtime.run import run
@@ -27,8 +27,9 @@ def applets() -> list[str]:
     return sorted(a for a in listing if a and a != "busybox")
 
 
-def busybox_rootfs_tar(dest: Path) -> Path:
-    """A rootfs tar at `dest`: /bin/busybox, /bin/<applet> -> busybox, passwd, group."""
+def busybox_rootfs_tar(dest: Path, links: Mapping[str, str] | None = None) -> Path:
+    """A rootfs tar at `dest`: /bin/busybox, /bin/<applet> -> busybox, passwd, group;
+    and `links`, more symlinks (path in the rootfs -> target)."""
     with tarfile.open(dest, "w") as tar:
         for d in DIRS:
             info = tarfile.TarInfo(d)
@@ -40,10 +41,11 @@ def busybox_rootfs_tar(dest: Path) -> Path:
         info.uname = info.gname = "root"
         with BUSYBOX.open("rb") as f:
             tar.addfile(info, f)
-        for applet in applets():
-            link = tarfile.TarInfo(f"bin/{applet}")
+        symlinks = {f"bin/{applet}": "busybox" for applet in applets()} | dict(links or {})
+        for path, target in symlinks.items():
+            link = tarfile.TarInfo(path)
             link.type = tarfile.SYMTYPE
-            link.linkname = "busybox"
+            link.linkname = target
             link.mode = 0o777
             tar.addfile(link)
         for name, data in (("etc/passwd", PASSWD), ("etc/group", GROUP),

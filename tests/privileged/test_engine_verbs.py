@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from runtime.events import EventBus
 from runtime.store.archive import import_rootfs
 from tests.privileged.conftest import NetNS
 from tests.privileged.engine_env import IMAGE, EngineEnv, engine_env, leaks, output
+from tests.privileged.images import busybox_rootfs_tar
 
 
 @pytest.fixture
@@ -243,14 +243,8 @@ def test_an_image_whose_resolv_conf_is_a_dangling_link_gets_the_engines_file(
     # As in images made for systemd-resolved: /etc/resolv.conf is a link to a file that
     # only a booted host has. The engine's file goes on the link itself, not where the
     # link points (that path is not in the image: following it was ENOENT).
-    link = "../run/systemd/resolve/stub-resolv.conf"
-    tar = tmp_path / "resolved.tar"
-    with tarfile.open(tmp_path / "busybox.tar") as src, tarfile.open(tar, "w") as dst:
-        for member in src.getmembers():
-            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-        entry = tarfile.TarInfo("etc/resolv.conf")
-        entry.type, entry.linkname = tarfile.SYMTYPE, link
-        dst.addfile(entry)
+    tar = busybox_rootfs_tar(tmp_path / "resolved.tar", links={
+        "etc/resolv.conf": "../run/systemd/resolve/stub-resolv.conf"})
     with tar.open("rb") as f:
         import_rootfs(env.images, f, tag="resolved:test")
 
